@@ -49,6 +49,8 @@ class Decoder(Generic[T]):
             return self._decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             raise ProtocolError(self.what, str(e)) from e
+        except RecursionError as e:  # absurdly nested JSON
+            raise ProtocolError(self.what, "nesting too deep") from e
 
 
 desired_state_decoder: Decoder[DesiredState] = Decoder("desired state", DesiredState)

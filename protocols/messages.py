@@ -23,6 +23,7 @@ from protocols.identifiers import (
     Positive,
     ProfileName,
     Sha256Hex,
+    UtcDatetime,
     Version,
 )
 
@@ -113,7 +114,7 @@ class DesiredState(Message, tag="desired_state", frozen=True, kw_only=True):
     device_id: DeviceId
     revision: NonNegative
     models: tuple[ModelAssignment, ...] = ()
-    issued_at: datetime = msgspec.field(default_factory=utc_now)
+    issued_at: UtcDatetime = msgspec.field(default_factory=utc_now)
 
 
 class ModelStatus(WireStruct, frozen=True, kw_only=True):
@@ -137,7 +138,7 @@ class ReportedState(Message, tag="reported_state", frozen=True, kw_only=True):
     models: tuple[ModelStatus, ...] = ()
     agent_version: str = ""
     labels: dict[str, str] = {}
-    reported_at: datetime = msgspec.field(default_factory=utc_now)
+    reported_at: UtcDatetime = msgspec.field(default_factory=utc_now)
 
 
 class Heartbeat(Message, tag="heartbeat", frozen=True, kw_only=True):
@@ -147,7 +148,7 @@ class Heartbeat(Message, tag="heartbeat", frozen=True, kw_only=True):
     uptime_s: float = 0.0
     queue_depth: NonNegative = 0
     active_models: dict[str, str] = {}
-    sent_at: datetime = msgspec.field(default_factory=utc_now)
+    sent_at: UtcDatetime = msgspec.field(default_factory=utc_now)
 
 
 # --- telemetry -----------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ class TelemetryRecord(WireStruct, frozen=True, kw_only=True):
     record_id: str
     model: ModelName
     version: Version
-    minute_start: datetime
+    minute_start: UtcDatetime
     count: NonNegative
     error_count: NonNegative = 0
     latency_ms_bounds: tuple[float, ...] = ()
@@ -184,7 +185,7 @@ class TelemetryBatch(Message, tag="telemetry_batch", frozen=True, kw_only=True):
     batch_id: str
     records: tuple[TelemetryRecord, ...] = ()
     evicted_count: NonNegative = 0
-    sent_at: datetime = msgspec.field(default_factory=utc_now)
+    sent_at: UtcDatetime = msgspec.field(default_factory=utc_now)
 
 
 # --- enrollment ----------------------------------------------------------------------------------
@@ -224,7 +225,7 @@ class Command(Message, frozen=True, kw_only=True):
     """Base of imperative commands; `command_id` makes handling idempotent."""
 
     command_id: str
-    issued_at: datetime = msgspec.field(default_factory=utc_now)
+    issued_at: UtcDatetime = msgspec.field(default_factory=utc_now)
 
     @property
     def command_kind(self) -> CommandKind:

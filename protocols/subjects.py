@@ -129,12 +129,12 @@ def state_key_of(address: str) -> StateKey:
 
 def state_watch_kv(kind: StateKind, device_id: str | None) -> str:
     """KV key filter watching one device's twin half, or every device's."""
-    return f"dev.{validate_device_id(device_id) if device_id else '*'}.{kind}"
+    return f"dev.{'*' if device_id is None else validate_device_id(device_id)}.{kind}"
 
 
 def state_watch_mqtt(kind: StateKind, device_id: str | None) -> str:
     """MQTT topic filter watching one device's twin half, or every device's."""
-    return f"fabric/v1/dev/{validate_device_id(device_id) if device_id else '+'}/{kind}"
+    return f"fabric/v1/dev/{'+' if device_id is None else validate_device_id(device_id)}/{kind}"
 
 
 def artifact_object_name(sha256: str) -> str:

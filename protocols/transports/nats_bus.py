@@ -100,8 +100,9 @@ class NatsStateWatch(StateWatch):
             self._last_revision[key] = entry.revision
             deleted = entry.operation in (KV_DEL, KV_PURGE)
             self._queue.put_nowait(
-                StateUpdate(key=key, payload=None if deleted else bytes(entry.value or b""),
-                            revision=entry.revision)
+                StateUpdate(
+                    key=key, payload=None if deleted else bytes(entry.value or b""), revision=entry.revision
+                )
             )
 
     async def __aiter__(self) -> AsyncIterator[StateUpdate]:
@@ -234,9 +235,7 @@ class NatsBus(Bus):
 
     # --- provisioning (control plane / tests) ---------------------------------------------------
 
-    async def provision(
-        self, *, twin_history: int = 5, telemetry_max_age_s: float = 7 * 24 * 3600
-    ) -> None:
+    async def provision(self, *, twin_history: int = 5, telemetry_max_age_s: float = 7 * 24 * 3600) -> None:
         """Create the fabric's KV bucket, object buckets and telemetry stream if missing."""
         try:
             try:
@@ -284,7 +283,9 @@ class NatsBus(Bus):
             remaining = deadline - time.monotonic()
             try:
                 await self.js.publish(
-                    channel.nats, payload, timeout=max(0.05, min(remaining, 1.0)),
+                    channel.nats,
+                    payload,
+                    timeout=max(0.05, min(remaining, 1.0)),
                     headers={"Nats-Msg-Id": msg_id},
                 )
                 return

@@ -159,8 +159,9 @@ class NatsObjects:
             out.seek(progress.bytes_done)
             try:
                 if progress.chunks_done < summary.chunks:
-                    await self._stream_chunks(summary, progress, out, hasher, idle_timeout_s, on_progress,
-                                              progress_path)
+                    await self._stream_chunks(
+                        summary, progress, out, hasher, idle_timeout_s, on_progress, progress_path
+                    )
             finally:
                 out.flush()
                 if progress.chunks_done < summary.chunks:
@@ -172,7 +173,8 @@ class NatsObjects:
             part.unlink(missing_ok=True)
             progress_path.unlink(missing_ok=True)
             raise IntegrityError(
-                name, f"{summary.size_bytes} bytes sha256 {summary.sha256}",
+                name,
+                f"{summary.size_bytes} bytes sha256 {summary.sha256}",
                 f"{progress.bytes_done} bytes sha256 {actual}",
             )
         os.replace(part, dest)
