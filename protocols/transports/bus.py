@@ -115,7 +115,9 @@ class Bus(ABC):
 
     @abstractmethod
     async def subscribe(self, channel: Channel) -> Subscription:
-        """Subscribe to a channel or pattern; deliveries queue until iterated."""
+        """Subscribe to a channel or pattern; returns once the broker has the subscription
+        (a message published after this call returns is delivered). Deliveries queue until iterated.
+        """
 
     @abstractmethod
     async def put_state(self, key: StateKey, payload: bytes, *, timeout_s: float = 5.0) -> None:

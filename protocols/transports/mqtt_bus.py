@@ -9,7 +9,8 @@ paho runs its network loop in its own thread; every callback hops onto the async
 
 Invariants:
 - `subscribe` returns after the broker's SUBACK when connected; otherwise the filter is sent on
-  the next connect. Filters are re-sent after a reconnect whenever the broker lost the session.
+  the next connect. Filters are re-sent after a reconnect whenever the broker lost the session,
+  and the bus counts as connected again only after their SUBACK (no message slips past).
 - `publish_durable` / `put_state` return after PUBACK; messages published while disconnected are
   queued by paho and sent on reconnect (reconnect backoff `reconnect_min_s`..`reconnect_max_s`).
 - Artifacts never travel over MQTT (nats-server caps payloads at 1 MB): devices use HTTP ranges.
@@ -131,6 +132,7 @@ class MqttBus(Bus):
         self._routes: list[_Route] = []
         self._pending_acks: dict[int, asyncio.Future[None]] = {}
         self._early_acks: set[int] = set()
+        self._resubscribing: asyncio.Future[None] | None = None
         self.session_present = False
 
     # --- paho thread -> event loop ---------------------------------------------------------------
@@ -161,11 +163,24 @@ class MqttBus(Bus):
             return
         self._connect_failure = None
         self.session_present = session_present
-        if not session_present:
-            for topic_filter in {route.topic_filter for route in self._routes}:
-                self._client.subscribe(topic_filter, qos=QOS)
-        self._connected.set()
         logger.info("MQTT connected to %s (session present: %s)", self.url, session_present)
+        filters = sorted({route.topic_filter for route in self._routes})
+        if session_present or not filters:
+            self._connected.set()
+            return
+        rc, mid = self._client.subscribe([(topic_filter, QOS) for topic_filter in filters])
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            return  # connection dropped again; the next CONNACK retries
+        self._resubscribing = asyncio.ensure_future(self._ready_after_suback(mid, filters))
+
+    async def _ready_after_suback(self, mid: int, filters: list[str]) -> None:
+        """The broker lost our session: count as connected only once it has our filters again."""
+        try:
+            await self._wait_ack(mid, "re-subscribe (SUBACK)", ", ".join(filters), self._connect_timeout_s)
+        except BusTimeoutError as e:
+            logger.warning("%s; will retry on the next connect", e)
+            return
+        self._connected.set()
 
     def _on_disconnect(self, reason: str) -> None:
         if self._connected.is_set():
@@ -218,6 +233,8 @@ class MqttBus(Bus):
             raise BusConnectionError(self.url, reason) from e
 
     async def close(self) -> None:
+        if self._resubscribing is not None:
+            self._resubscribing.cancel()
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self._connected.clear()

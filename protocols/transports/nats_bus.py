@@ -137,6 +137,7 @@ class NatsBus(Bus):
         credentials_file: str | None = None,
         token: str | None = None,
         connect_timeout_s: float = 5.0,
+        request_timeout_s: float = 5.0,
         reconnect_wait_s: float = 0.5,
         reconnect_buffer_bytes: int = 8 * 1024 * 1024,
     ) -> None:
@@ -145,6 +146,7 @@ class NatsBus(Bus):
         self._credentials_file = credentials_file
         self._token = token
         self._connect_timeout_s = connect_timeout_s
+        self._request_timeout_s = request_timeout_s
         self._reconnect_wait_s = reconnect_wait_s
         self._reconnect_buffer_bytes = reconnect_buffer_bytes
         self._nc: NatsClient | None = None
@@ -169,7 +171,7 @@ class NatsBus(Bus):
     def objects(self) -> NatsObjects:
         """Object Store access: publish artifacts, fetch them to files with resume."""
         if self._objects is None:
-            self._objects = NatsObjects(self.js)
+            self._objects = NatsObjects(self.js, request_timeout_s=self._request_timeout_s)
         return self._objects
 
     @property
@@ -225,7 +227,7 @@ class NatsBus(Bus):
                 await client.close()
             raise BusConnectionError(self.url, str(e) or type(e).__name__) from e
         self._nc = client
-        self._js = self._nc.jetstream()
+        self._js = self._nc.jetstream(timeout=self._request_timeout_s)
 
     async def close(self) -> None:
         nc, self._nc, self._js, self._kv, self._objects = self._nc, None, None, None, None
@@ -257,7 +259,7 @@ class NatsBus(Bus):
                     duplicate_window=120.0,
                 )
         except nats.errors.TimeoutError as e:
-            raise BusTimeoutError("provision", self.url, self._connect_timeout_s) from e
+            raise BusTimeoutError("provision", self.url, self._request_timeout_s) from e
         except nats.js.errors.APIError as e:
             raise BusError(f"provisioning JetStream on {self.url} failed: {e}") from e
 
@@ -300,8 +302,11 @@ class NatsBus(Bus):
             await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     async def subscribe(self, channel: Channel) -> NatsSubscription:
+        """Subscribe and return once the server has registered the subscription."""
         try:
-            return NatsSubscription(await self.nc.subscribe(channel.nats))
+            subscription = NatsSubscription(await self.nc.subscribe(channel.nats))
+            await self.nc.flush(timeout=math.ceil(self._request_timeout_s))  # server has the SUB
+            return subscription
         except nats.errors.Error as e:
             raise BusConnectionError(self.url, f"subscribe to {channel.nats}: {e}") from e
 
@@ -335,7 +340,9 @@ class NatsBus(Bus):
                 await msg.respond(reply)
 
         try:
-            return NatsSubscription(await self.nc.subscribe(channel.nats, cb=on_request))
+            subscription = NatsSubscription(await self.nc.subscribe(channel.nats, cb=on_request))
+            await self.nc.flush(timeout=math.ceil(self._request_timeout_s))
+            return subscription
         except nats.errors.Error as e:
             raise BusConnectionError(self.url, f"serve {channel.nats}: {e}") from e
 
@@ -351,7 +358,7 @@ class NatsBus(Bus):
                     "the control plane creates it (NatsBus.provision())"
                 ) from e
             except nats.errors.TimeoutError as e:
-                raise BusTimeoutError("bind KV", subjects.TWIN_BUCKET, self._connect_timeout_s) from e
+                raise BusTimeoutError("bind KV", subjects.TWIN_BUCKET, self._request_timeout_s) from e
         return self._kv
 
     async def put_state(self, key: StateKey, payload: bytes, *, timeout_s: float = 5.0) -> None:
@@ -381,7 +388,7 @@ class NatsBus(Bus):
             self._watches.add(watch)
             return watch
         except nats.errors.TimeoutError as e:
-            raise BusTimeoutError("KV watch", key_filter, self._connect_timeout_s) from e
+            raise BusTimeoutError("KV watch", key_filter, self._request_timeout_s) from e
         except nats.errors.Error as e:
             raise BusConnectionError(self.url, f"KV watch {key_filter}: {e}") from e
 

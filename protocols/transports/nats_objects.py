@@ -4,7 +4,8 @@ Our own fetcher instead of nats-py's `ObjectStore.get()`, which concatenates `by
 (quadratic: ~5 MB/s on 50 MB). It subscribes an ordered consumer to the object's chunk subject,
 streams each chunk straight to `<dest>.part`, and hashes as it goes.
 
-Resume: every `checkpoint_every_chunks` chunks (and when interrupted) it records in
+Resume: every `checkpoint_every_chunks` chunks (and when interrupted) it fsyncs the partial file,
+then records in
 `<dest>.part.json` the object's nuid, the bytes written and the next stream sequence. A later
 fetch of the same object re-hashes the recorded prefix, truncates anything past it, and asks the
 server for chunks from that sequence on. A changed object (new nuid) starts over.
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import nats.errors
 import nats.js.errors
@@ -70,8 +71,11 @@ class _Progress:
     next_seq: int  # 0 = from the first chunk
 
     def save(self, path: Path) -> None:
+        """Atomically record progress; call only after the bytes it counts are fsynced."""
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__))
+        with tmp.open("w") as f:
+            f.write(json.dumps(self.__dict__))
+            _sync(f)
         os.replace(tmp, path)
 
     @classmethod
@@ -84,6 +88,11 @@ class _Progress:
         return progress if progress.nuid == nuid else None
 
 
+def _sync(f: IO[Any]) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def _sha256_hex_from_digest(digest: str) -> str:
     """Object Store digests read `SHA-256=<base64url>`; return lowercase hex."""
     _, _, encoded = digest.partition("=")
@@ -93,8 +102,11 @@ def _sha256_hex_from_digest(digest: str) -> str:
 class NatsObjects:
     """Object Store operations on one JetStream context."""
 
-    def __init__(self, js: JetStreamContext, *, checkpoint_every_chunks: int = 32) -> None:
+    def __init__(
+        self, js: JetStreamContext, *, request_timeout_s: float, checkpoint_every_chunks: int = 64
+    ) -> None:
         self._js = js
+        self._request_timeout_s = request_timeout_s
         self._checkpoint_every_chunks = checkpoint_every_chunks
 
     async def _store(self, bucket: str) -> Any:
@@ -110,7 +122,7 @@ class NatsObjects:
             with path.open("rb") as f:
                 await store.put(name, f)
         except nats.errors.TimeoutError as e:
-            raise BusTimeoutError("object put", f"{bucket}/{name}", 5.0) from e
+            raise BusTimeoutError("object put", f"{bucket}/{name}", self._request_timeout_s) from e
         except nats.errors.Error as e:
             raise BusError(f"object put {bucket}/{name} failed: {e}") from e
         return await self.stat(bucket, name)
@@ -123,7 +135,7 @@ class NatsObjects:
         except nats.js.errors.NotFoundError as e:
             raise ObjectNotFoundError(bucket, name) from e
         except nats.errors.TimeoutError as e:
-            raise BusTimeoutError("object info", f"{bucket}/{name}", 5.0) from e
+            raise BusTimeoutError("object info", f"{bucket}/{name}", self._request_timeout_s) from e
         return ObjectSummary(
             bucket=bucket,
             name=name,
@@ -163,10 +175,9 @@ class NatsObjects:
                         summary, progress, out, hasher, idle_timeout_s, on_progress, progress_path
                     )
             finally:
-                out.flush()
+                _sync(out)
                 if progress.chunks_done < summary.chunks:
                     progress.save(progress_path)
-            os.fsync(out.fileno())
 
         actual = hasher.hexdigest()
         if progress.bytes_done != summary.size_bytes or actual != summary.sha256:
@@ -212,8 +223,8 @@ class NatsObjects:
         failure: list[BaseException] = []
 
         async def on_chunk(msg: Msg) -> None:
-            if progress.chunks_done >= summary.chunks:
-                return
+            if failure or progress.chunks_done >= summary.chunks:
+                return  # after a failure, later chunks would land past the recorded progress
             try:
                 data = msg.data
                 out.write(data)
@@ -222,7 +233,7 @@ class NatsObjects:
                 progress.chunks_done += 1
                 progress.next_seq = msg.metadata.sequence.stream + 1
                 if progress.chunks_done % self._checkpoint_every_chunks == 0:
-                    out.flush()
+                    _sync(out)
                     progress.save(progress_path)
                 if on_progress is not None:
                     on_progress(progress.bytes_done, summary.size_bytes)
