@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from control_plane.broker import EmbeddedBroker
+from model_compiler.cli import add_compile_command
 from protocols.cli_support import EXIT_OK, OneLineArgumentParser, run_cli
 
 
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--data-dir", help="JetStream store and logs (default: a new temporary dir)")
     broker.add_argument("--exit-after", type=float, metavar="SECONDS", help="stop after this long")
     broker.set_defaults(handler=_broker)
+
+    add_compile_command(commands)
     return parser
 
 

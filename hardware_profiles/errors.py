@@ -19,7 +19,7 @@ class ProfileError(FabricError):
 class ProfileFileError(ProfileError):
     """A profile file cannot be read, is not TOML, or does not match the profile schema.
 
-    `field` is the dotted path of the offending key (`validation.max_abs_error`,
+    `field` is the dotted path of the offending key (`validation.max_relative_error`,
     `compile.passes[1]`), or None when the problem is the file as a whole.
     """
 

@@ -24,10 +24,10 @@ import msgspec
 
 from hardware_profiles.errors import InconsistentProfileError
 from protocols.identifiers import ProfileName
+from protocols.manifest import Runtime
+from protocols.messages import ArtifactFormat
 
-Runtime = Literal["onnxruntime", "openvino", "tflite"]
 Precision = Literal["fp32", "fp16", "int8"]
-ArtifactFormat = Literal["onnx", "openvino-ir", "tflite"]
 OpenVinoDevice = Literal["CPU", "GPU", "NPU"]
 OpenVinoPrecisionHint = Literal["f32", "f16", "bf16"]
 QuantizationMethod = Literal[
@@ -136,12 +136,13 @@ class ValidationTolerances(ConfigStruct, frozen=True, kw_only=True):
     """How far an artifact may drift from the FP32 reference and still ship.
 
     Fractions are in [0, 1]: `max_accuracy_drop` = 0.01 allows one percentage point.
-    `max_abs_error` is in the model's output units.
+    `max_relative_error` is the largest |reference - artifact| over the validation outputs divided by
+    the largest |reference| (so it does not depend on the model's output scale).
     """
 
     min_top1_agreement: Fraction
     min_cosine_similarity: Fraction
-    max_abs_error: Annotated[float, msgspec.Meta(ge=0.0)]
+    max_relative_error: Fraction
     max_accuracy_drop: Fraction
 
 

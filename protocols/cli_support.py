@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from protocols.errors import FabricError
 
@@ -49,3 +49,43 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+class Progress:
+    """Progress on stderr: a redrawn bar on a terminal, one line per step otherwise (CI logs).
+
+    `step(label, detail)` reports what is happening; `advance()` counts one unit of `total` done.
+    """
+
+    def __init__(self, total: int, *, stream: TextIO | None = None, width: int = 24) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self._stream = stream or sys.stderr
+        self._width = width
+        self._is_tty = self._stream.isatty()
+
+    def step(self, label: str, detail: str) -> None:
+        if self._is_tty:
+            filled = self._width * self.done // self.total
+            bar = "#" * filled + "." * (self._width - filled)
+            line = f"[{bar}] {self.done}/{self.total} {label}: {detail}"
+            self._stream.write("\r\x1b[2K" + line[:160])
+        else:
+            self._stream.write(f"[{self.done}/{self.total}] {label}: {detail}\n")
+        self._stream.flush()
+
+    def advance(self) -> None:
+        self.done = min(self.done + 1, self.total)
+
+    def close(self) -> None:
+        if self._is_tty:
+            self._stream.write("\r\x1b[2K")
+            self._stream.flush()
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain aligned text table (no box drawing, pipes well into grep)."""
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+    return "\n".join(lines)
