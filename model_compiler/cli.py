@@ -77,7 +77,6 @@ def _compile(args: argparse.Namespace) -> int:
         validation_path=Path(args.validation) if args.validation else None,
         quantization=args.quantization,
     )
-    progress.step("model", f"checking {model_path.name}")
     try:
         with contextlib.redirect_stdout(sys.stderr):  # toolchains (NNCF) print progress to stdout
             report = compile_model(request, on_progress)

@@ -101,7 +101,7 @@ class SigningKeyMissingError(SigningError):
     """Fewer private keys of a role are at hand than its threshold; nothing was signed."""
 
     def __init__(self, role: str, available: int, threshold: int) -> None:
-        super().__init__(f"{role}: {available} private key(s) in the keys directory, threshold is {threshold}")
+        super().__init__(f"{role}: {available} private key(s) in the keys directory, threshold {threshold}")
         self.role = role
         self.available = available
         self.threshold = threshold

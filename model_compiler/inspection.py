@@ -92,9 +92,11 @@ def inspect_model(path: Path) -> ModelInfo:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise InvalidModelError(path, f"opset {opset} unsupported (need {MIN_OPSET}..{MAX_OPSET})")
+    # Strict shape inference knows only the default domain; ONNX-ML graphs get the lenient one.
+    is_standard = all(node.domain in ("", "ai.onnx") for node in model.graph.node)
     try:
-        onnx.checker.check_model(model, full_check=True)
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(model, full_check=is_standard)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=is_standard)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise InvalidModelError(path, str(e).strip().splitlines()[0]) from e
     initializers = {i.name for i in inferred.graph.initializer}

@@ -60,9 +60,9 @@ def run_passes(passes: tuple[CompilePass, ...], build: Build, context: PassConte
         implementation = registry.get(name)
         if implementation is None:
             raise MissingToolchainError(
-                f"compile pass {name!r}",
+                f"TFLite conversion (onnx2tf, for pass {name!r})",
                 "tflite-compiler",
-                "TFLite conversion needs onnx2tf on Python >= 3.12",
+                f"needs Python >= 3.12, this is {sys.version_info.major}.{sys.version_info.minor}",
             )
         try:
             build = implementation(build, context)

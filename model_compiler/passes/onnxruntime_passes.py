@@ -48,7 +48,12 @@ def graph_optimize(build: Build, context: PassContext) -> Build:
 def quantize_static_qdq(build: Build, context: PassContext) -> Build:
     """INT8 QDQ with calibration data (U8 activations, S8 weights, per-channel by recipe)."""
     source = context.work_dir / f"preprocessed-{context.recipe_tag}.onnx"
-    quant_pre_process(str(_require_onnx(build, "quantize-static-qdq")), str(source))
+    # ORT's symbolic shape inference does not know ONNX-ML operators: skip it for such graphs.
+    quant_pre_process(
+        str(_require_onnx(build, "quantize-static-qdq")),
+        str(source),
+        skip_symbolic_shape=bool(context.model.non_standard_operators),
+    )
     target = context.work_dir / f"int8-static-{context.recipe_tag}.onnx"
     excluded = head_node_names(onnx.load(str(source))) if context.recipe.keep_head_fp else []
     samples = context.calibration.take(slice(0, context.recipe.calibration_samples))

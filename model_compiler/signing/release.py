@@ -15,13 +15,15 @@ Invariants:
 from __future__ import annotations
 
 import msgspec
-from tuf.api.metadata import TargetFile
+from tuf.api.metadata import TargetFile, Targets
 
 from model_compiler.errors import InvalidMetadataError
 from protocols.codec import Decoder
 from protocols.errors import InvalidIdentifierError
 from protocols.identifiers import ModelName, NonNegative, Positive, ProfileName, Sha256Hex, Version
 
+METADATA_DIRNAME = "metadata"  # what a repository and an offline bundle serve: metadata/ and targets/
+TARGETS_DIRNAME = "targets"
 BUNDLE_INDEX_FILENAME = "bundle.json"
 
 
@@ -101,3 +103,9 @@ def signed_target(target: TargetFile) -> SignedTarget:
         hw_profile=custom.hw_profile,
         model_counter=custom.model_counter,
     )
+
+
+def release_targets(targets: Targets, model: str, version: str) -> list[TargetFile]:
+    """The targets of every profile of one release, in path order."""
+    entries = sorted(targets.targets.values(), key=lambda target: target.path)
+    return [t for t in entries if (custom := release_custom(t)).model == model and custom.version == version]
