@@ -71,6 +71,9 @@ class ExecutionSettings:
     device: str | None = None
     inference_precision_hint: str | None = None
     threads: int | None = None
+    input_permutations: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """(input name, axes) pairs: feeds come in the source model's layout and are transposed by
+    these axes before the runtime sees them (onnx2tf artifacts take NHWC where ONNX took NCHW)."""
 
 
 def _import(module: str, runtime: str, extra: str) -> Any:
@@ -175,14 +178,26 @@ class _LiteRtSession:
             raise ModelLoadError("tflite", path, str(e).splitlines()[0]) from e
         self.is_cpu_equivalent = False
         self.description = "LiteRT (ai-edge-litert) CPU"
+        self._permutations = dict(settings.input_permutations)
         self._input_details = self._interpreter.get_input_details()
         self._output_details = self._interpreter.get_output_details()
-        self.inputs = tuple(_tfl_spec(d) for d in self._input_details)
+        self.inputs = tuple(self._source_layout(_tfl_spec(d)) for d in self._input_details)
         self.outputs = tuple(_tfl_spec(d) for d in self._output_details)
+
+    def _source_layout(self, spec: TensorSpec) -> TensorSpec:
+        """The input as callers feed it: in the source model's layout, as float."""
+        axes = self._permutations.get(spec.name)
+        shape = tuple(spec.shape[axes.index(i)] for i in range(len(axes))) if axes else spec.shape
+        return TensorSpec(
+            name=spec.name, dtype="float32" if spec.dtype in ("int8", "uint8") else spec.dtype, shape=shape
+        )
 
     def run(self, feeds: Feeds) -> Feeds:
         for detail in self._input_details:
             value = feeds[detail["name"]]
+            axes = self._permutations.get(detail["name"])
+            if axes:
+                value = value.transpose(axes)
             scale, zero = detail["quantization"]
             if scale:  # full-integer model: quantize the float input
                 value = np.clip(np.round(value / scale + zero), *_int_range(detail["dtype"]))

@@ -36,6 +36,9 @@ def emit_model(build: Build, directory: Path) -> tuple[str, list[str]]:
             build.ov_model, str(directory / "model.xml"), compress_to_fp16=build.compress_to_fp16
         )
         return "model.xml", ["model.xml", "model.bin"]
+    if build.tflite_path is not None:
+        shutil.copyfile(build.tflite_path, directory / "model.tflite")
+        return "model.tflite", ["model.tflite"]
     if build.onnx_path is None:
         raise ValueError("nothing was built")
     shutil.copyfile(build.onnx_path, directory / "model.onnx")

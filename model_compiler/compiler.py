@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -220,7 +221,9 @@ class _Compilation:
                 with_recipe(context, recipe, tag),
             )
             model_file, files = emit_model(build, staging)
-            settings = settings_for(profile)
+            settings = dataclasses.replace(
+                settings_for(profile), input_permutations=tuple(build.input_permutations.items())
+            )
             self.progress(name, "validating")
             session = open_session(staging / model_file, settings, allow_cpu_equivalent=True)
             outputs = _run_all(session, self.validation)
@@ -301,6 +304,7 @@ class _Compilation:
             providers=settings.providers,
             device=settings.device,
             inference_precision_hint=settings.inference_precision_hint,
+            input_permutations=dict(settings.input_permutations),
         )
 
 

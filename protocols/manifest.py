@@ -96,7 +96,8 @@ class OutputHistogram(WireStruct, frozen=True, kw_only=True):
 
 class ArtifactManifest(WireStruct, frozen=True, kw_only=True):
     """Everything about one artifact; `providers`/`device`/`inference_precision_hint` tell the
-    agent's runtime how to load it (ORT execution providers, OpenVINO device and precision)."""
+    agent's runtime how to load it (ORT execution providers, OpenVINO device and precision), and
+    `input_permutations` how to transpose feeds given in the source model's layout."""
 
     schema_version: int = 1
     model: ModelName
@@ -120,6 +121,7 @@ class ArtifactManifest(WireStruct, frozen=True, kw_only=True):
     providers: tuple[str, ...] = ()
     device: str | None = None
     inference_precision_hint: str | None = None
+    input_permutations: dict[str, tuple[int, ...]] = msgspec.field(default_factory=dict)
     created_at: UtcDatetime = msgspec.field(default_factory=utc_now)
 
     def file(self, path: str) -> ArtifactFile | None:

@@ -7,9 +7,8 @@ outside `PassContext.work_dir`; `emit` writes the final files into the artifact 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,17 @@ from model_compiler.inspection import ModelInfo
 
 @dataclass(frozen=True, slots=True)
 class Build:
+    """One of: an ONNX file, an in-memory OpenVINO model, a TFLite file.
+
+    `input_permutations` maps an input name to the axes permutation that turns a feed in the
+    source model's layout into the artifact's (onnx2tf makes NCHW inputs NHWC).
+    """
+
     onnx_path: Path | None = None
     ov_model: Any = None
+    tflite_path: Path | None = None
     compress_to_fp16: bool = False
+    input_permutations: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +47,7 @@ Pass = Callable[[Build, PassContext], Build]
 
 
 def _registry() -> dict[CompilePass, Pass]:
-    from model_compiler.passes import onnxruntime_passes, openvino_passes
+    from model_compiler.passes import onnxruntime_passes, openvino_passes, tflite_passes
 
     return {
         "ort-graph-optimize": onnxruntime_passes.graph_optimize,
@@ -50,20 +57,17 @@ def _registry() -> dict[CompilePass, Pass]:
         "openvino-convert": openvino_passes.convert,
         "openvino-compress-fp16": openvino_passes.compress_fp16,
         "nncf-quantize": openvino_passes.nncf_quantize,
+        "fix-static-shapes": tflite_passes.fix_static_shapes,
+        "onnx2tf-convert": tflite_passes.convert,
+        "tflite-quantize": tflite_passes.select_quantized,
     }
 
 
 def run_passes(passes: tuple[CompilePass, ...], build: Build, context: PassContext) -> Build:
-    """Apply `passes` in order; a quantize pass whose recipe method is `none` is skipped."""
+    """Apply `passes` in order."""
     registry = _registry()
     for name in passes:
-        implementation = registry.get(name)
-        if implementation is None:
-            raise MissingToolchainError(
-                f"TFLite conversion (onnx2tf, for pass {name!r})",
-                "tflite-compiler",
-                f"needs Python >= 3.12, this is {sys.version_info.major}.{sys.version_info.minor}",
-            )
+        implementation = registry[name]
         try:
             build = implementation(build, context)
         except (MissingToolchainError, PassFailedError):

@@ -1,15 +1,16 @@
 """The release signer's TUF repository on disk: create it, sign releases, refresh and rotate keys.
 
-Layout under the repository directory: `metadata/` (see `_metadata_files`), `keys/` (see `keys`),
+Layout under the repository directory: `metadata/` (see `_state`), `keys/` (see `keys`),
 `targets/<model>/<version>/<sha256>.<profile>.tar` (content-addressed artifact archives, as
-ngclient fetches them with consistent snapshots), and `expiries.json` (each role's validity).
+ngclient fetches them with consistent snapshots), and `expiries.json` (each role's validity, written
+last by `init_repository`: a directory without it is not a repository).
 
 Roles: root (offline keys, configurable threshold), targets (the release signer), snapshot and
 timestamp (online keys, short expiry). Invariants:
 - Every publication re-signs the timestamp, and the snapshot and targets when they changed, with
   strictly increasing versions; nothing is signed unless each role's threshold of keys is at hand.
 - A model's `model_counter` grows with every publication of it: a release takes the highest
-  counter any target of that model has + 1, shared by all of its pro_state. Re-signing a signed
+  counter any target of that model has + 1, shared by all of its profiles. Re-signing a signed
   model version is refused; `republish_release` gives an old version a new, higher counter.
 - A new root is signed by a threshold of the previous root's keys and of its own keys, so a client
   that trusts any earlier root walks the `N.root.json` chain up to it.
@@ -34,8 +35,14 @@ from model_compiler.errors import (
     RepositoryExistsError,
     RootKeyChoiceError,
 )
-from model_compiler.signing import _state
-from model_compiler.signing._state import RepositoryState, reference_time
+from model_compiler.signing._state import (
+    EXPIRIES_FILENAME,
+    ONLINE_ROLES,
+    RepositoryMetadata,
+    RepositoryState,
+    reference_time,
+    write_root,
+)
 from model_compiler.signing._state import RoleExpiries as RoleExpiries  # public: init_repository's policy
 from model_compiler.signing.archive import pack_artifact
 from model_compiler.signing.keys import KEYS_DIRNAME, generate_key, role_signers
@@ -54,11 +61,15 @@ from protocols.manifest import MANIFEST_FILENAME
 
 
 class RepositoryInit(msgspec.Struct, frozen=True, kw_only=True):
+    """The key ids created for each role, and what an operator should know about the setup."""
+
     keyids: dict[str, tuple[str, ...]]
     warnings: tuple[str, ...]
 
 
 class TimestampRefresh(msgspec.Struct, frozen=True, kw_only=True):
+    """The online roles after `resign_timestamp`."""
+
     timestamp_version: int
     timestamp_expires: datetime
     snapshot_version: int
@@ -66,6 +77,8 @@ class TimestampRefresh(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RootRotation(msgspec.Struct, frozen=True, kw_only=True):
+    """The new root version, the root key it replaced, and the new targets keys (if replaced)."""
+
     root_version: int
     retired_keyid: str
     added_keyid: str
@@ -87,11 +100,11 @@ def init_repository(
     for role, (threshold, count) in policy.items():
         if not 1 <= threshold <= count:
             raise InvalidKeyPolicyError(role, threshold, count)
-    owned = (METADATA_DIRNAME, KEYS_DIRNAME, _state.EXPIRIES_FILENAME)
+    owned = (METADATA_DIRNAME, KEYS_DIRNAME, EXPIRIES_FILENAME)
     if any((repo_dir / name).exists() for name in owned):
         raise RepositoryExistsError(repo_dir)
     now, expiries = reference_time(now), expiries or RoleExpiries()
-    policy.update({role: (1, 1) for role in _state.ONLINE_ROLES})
+    policy.update({role: (1, 1) for role in ONLINE_ROLES})
     root = Root(expires=now + timedelta(days=expiries.root_days), consistent_snapshot=True)
     keyids: dict[str, tuple[str, ...]] = {}
     for role, (threshold, count) in policy.items():
@@ -100,15 +113,15 @@ def init_repository(
             root.add_key(key, role)
         root.roles[role].threshold = threshold
         keyids[role] = tuple(key.keyid for key in keys)
-    write_atomic(repo_dir / _state.EXPIRIES_FILENAME, msgspec.json.encode(expiries))
     root_metadata = Metadata(root)
     for signer in role_signers(repo_dir / KEYS_DIRNAME, root, "root"):
         root_metadata.sign(signer, append=True)
-    _state.write_root(repo_dir / METADATA_DIRNAME, root_metadata)
-    empty = _state.RepositoryMetadata(
+    write_root(repo_dir / METADATA_DIRNAME, root_metadata)
+    empty = RepositoryMetadata(
         root_metadata, Metadata(Targets()), Metadata(Snapshot()), Metadata(Timestamp())
     )
     RepositoryState(repo_dir, expiries, empty).sign_and_write(now, resign_targets=True, resign_snapshot=True)
+    write_atomic(repo_dir / EXPIRIES_FILENAME, msgspec.json.encode(expiries))  # marks it complete
     warnings = []
     if root_threshold == 1:
         warnings.append(
@@ -122,7 +135,6 @@ def sign_release(
     repo_dir: Path, out_dir: Path, model: str, version: str, *, now: datetime | None = None
 ) -> SignedRelease:
     """Sign every `<profile>/manifest.json` artifact in a compile output as release model/version."""
-    release_target_path(model, version, "profile")  # validates the ids before any work
     repo = RepositoryState.open(repo_dir)
     targets = repo.metadata.targets.signed
     existing = release_targets(targets, model, version)
@@ -209,7 +221,7 @@ def rotate_root_key(
     }
     for signer in signers.values():
         root_metadata.sign(signer, append=True)
-    _state.write_root(repo_dir / METADATA_DIRNAME, root_metadata)
+    write_root(repo_dir / METADATA_DIRNAME, root_metadata)
     repo.metadata.root = root_metadata
     if replace_targets_keys:
         repo.publish(now, resign_targets=True)
