@@ -14,6 +14,7 @@ from pathlib import Path
 
 from control_plane.broker import EmbeddedBroker
 from model_compiler.cli import add_compile_command
+from model_compiler.signing.cli import add_signing_commands
 from protocols.cli_support import EXIT_OK, OneLineArgumentParser, run_cli
 
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker.set_defaults(handler=_broker)
 
     add_compile_command(commands)
+    add_signing_commands(commands)
     return parser
 
 

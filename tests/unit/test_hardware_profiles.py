@@ -94,7 +94,7 @@ def test_wrong_type_fails_naming_file_and_field(tmp_path: Path) -> None:
 
 
 def test_missing_field_fails_naming_file_and_field(tmp_path: Path) -> None:
-    path = write_edited(tmp_path, "cpu-x86_64", "min_cosine_similarity = 0.98\n", "")
+    path = write_edited(tmp_path, "cpu-x86_64", "min_cosine_similarity = 0.95\n", "")
     with pytest.raises(ProfileFileError, match=r"cpu-x86_64\.toml: validation\.min_cosine_similarity"):
         load_profile_file(path)
 
