@@ -29,6 +29,7 @@ from typing import BinaryIO
 from urllib.parse import unquote
 
 from tuf.api import exceptions
+from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface, Updater
 
 from model_compiler.errors import (
@@ -68,6 +69,19 @@ class VerifiedArtifact:
     target: SignedTarget
     directory: Path
     manifest: ArtifactManifest
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """A signed target found in fresh, verified metadata; `target` carries its custom fields."""
+
+    path: str
+    model: str
+    version: str
+    profile: str
+    info: TargetFile
+    target: SignedTarget
+    updater: Updater
 
 
 class LocalDirectoryFetcher(FetcherInterface):
@@ -135,16 +149,13 @@ class ReleaseVerifier:
             fetcher.url_for(TARGETS_DIRNAME),
         )
 
-    def verify_and_download(
-        self, model: str, version: str, profile: str, *, min_counter: int, dest_dir: Path
-    ) -> VerifiedArtifact:
-        """Refresh metadata, verify `<model>/<version>/<profile>.tar` and extract it at `dest_dir`.
+    def resolve(self, model: str, version: str, profile: str, *, min_counter: int) -> ResolvedTarget:
+        """Refresh metadata and find the signed `<model>/<version>/<profile>.tar`.
 
-        `min_counter` is the model_counter the device runs now (0 for none); `dest_dir` must not exist.
+        Checks its custom fields against what was asked and its `model_counter` against
+        `min_counter` (the counter the device runs now, 0 for none); downloads no target bytes.
         """
         path = release_target_path(model, version, profile)
-        if os.path.lexists(dest_dir):
-            raise DestinationExistsError(dest_dir)
         self._metadata_dir.mkdir(parents=True, exist_ok=True)
         with _typed_tuf_errors("metadata"):
             updater = Updater(
@@ -162,20 +173,53 @@ class ReleaseVerifier:
         _check_release(path, custom, model=model, version=version, profile=profile)
         if custom.model_counter <= min_counter:
             raise CounterRollbackError(path, custom.model_counter, min_counter)
-        target = signed_target(info)
+        return ResolvedTarget(
+            path=path,
+            model=model,
+            version=version,
+            profile=profile,
+            info=info,
+            target=signed_target(info),
+            updater=updater,
+        )
+
+    def install(self, resolved: ResolvedTarget, archive: Path, dest_dir: Path) -> VerifiedArtifact:
+        """Check `archive` (downloaded by any means) against the signed length and hashes, then
+        extract it safely at `dest_dir` (which must not exist); nothing appears there on failure."""
+        if os.path.lexists(dest_dir):
+            raise DestinationExistsError(dest_dir)
+        with _typed_tuf_errors(resolved.path), archive.open("rb") as f:
+            resolved.info.verify_length_and_hashes(f)
         dest_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".staging", dir=dest_dir.parent))
         try:
-            archive = staging / "artifact.tar"
-            with _typed_tuf_errors(path):
-                updater.download_target(info, filepath=str(archive))
-            manifest = extract_artifact(archive, staging / "artifact", target=path)
-            _check_release(path, manifest, model=model, version=version, profile=profile)
+            manifest = extract_artifact(archive, staging / "artifact", target=resolved.path)
+            _check_release(
+                resolved.path,
+                manifest,
+                model=resolved.model,
+                version=resolved.version,
+                profile=resolved.profile,
+            )
             os.rename(staging / "artifact", dest_dir)
             fsync_directory(dest_dir.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return VerifiedArtifact(target=target, directory=dest_dir, manifest=manifest)
+        return VerifiedArtifact(target=resolved.target, directory=dest_dir, manifest=manifest)
+
+    def verify_and_download(
+        self, model: str, version: str, profile: str, *, min_counter: int, dest_dir: Path
+    ) -> VerifiedArtifact:
+        """`resolve`, download through the fetcher (verified by tuf), then `install` at `dest_dir`."""
+        if os.path.lexists(dest_dir):
+            raise DestinationExistsError(dest_dir)
+        resolved = self.resolve(model, version, profile, min_counter=min_counter)
+        dest_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{dest_dir.name}.", dir=dest_dir.parent) as scratch:
+            archive = Path(scratch) / "artifact.tar"
+            with _typed_tuf_errors(resolved.path):
+                resolved.updater.download_target(resolved.info, filepath=str(archive))
+            return self.install(resolved, archive, dest_dir)
 
 
 def _check_release(
