@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from hardware_profiles.errors import ProfileError
 from hardware_profiles.profile import HardwareProfile, OnnxRuntimeExecution, OpenVinoExecution
-from protocols.manifest import Runtime, TensorSpec
+from protocols.manifest import ArtifactManifest, Runtime, TensorSpec
 
 Feeds = dict[str, NDArray[Any]]
 
@@ -248,3 +248,15 @@ def settings_for(profile: HardwareProfile, *, threads: int | None = None) -> Exe
             threads=threads,
         )
     return ExecutionSettings(runtime="tflite", threads=threads)
+
+
+def settings_from_manifest(manifest: ArtifactManifest, *, threads: int | None = None) -> ExecutionSettings:
+    """The execution settings an artifact's manifest prescribes (what the agent loads it with)."""
+    return ExecutionSettings(
+        runtime=manifest.runtime,
+        providers=manifest.providers,
+        device=manifest.device,
+        inference_precision_hint=manifest.inference_precision_hint,
+        threads=threads,
+        input_permutations=tuple(manifest.input_permutations.items()),
+    )

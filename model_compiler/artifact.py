@@ -9,16 +9,10 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from numpy.typing import NDArray
 
 from model_compiler.passes import Build
 from protocols.durable import fsync_directory, write_atomic
 from protocols.manifest import MANIFEST_FILENAME, ArtifactFile, ArtifactManifest
-
-GOLDEN_FILENAME = "golden.npz"
 
 
 def file_entry(directory: Path, relative: str) -> ArtifactFile:
@@ -43,20 +37,6 @@ def emit_model(build: Build, directory: Path) -> tuple[str, list[str]]:
         raise ValueError("nothing was built")
     shutil.copyfile(build.onnx_path, directory / "model.onnx")
     return "model.onnx", ["model.onnx"]
-
-
-def write_golden(directory: Path, inputs: dict[str, NDArray[Any]], outputs: dict[str, NDArray[Any]]) -> None:
-    """Golden inputs (`in.<name>`) and expected outputs (`out.<name>`) for on-device acceptance."""
-    arrays = {f"in.{k}": v for k, v in inputs.items()} | {f"out.{k}": v for k, v in outputs.items()}
-    np.savez(directory / GOLDEN_FILENAME, **arrays)  # type: ignore[arg-type]
-
-
-def read_golden(path: Path) -> tuple[dict[str, NDArray[Any]], dict[str, NDArray[Any]]]:
-    """(inputs, expected outputs) from a golden file, never unpickling anything."""
-    with np.load(path, allow_pickle=False) as archive:
-        inputs = {k.removeprefix("in."): archive[k] for k in archive.files if k.startswith("in.")}
-        outputs = {k.removeprefix("out."): archive[k] for k in archive.files if k.startswith("out.")}
-    return inputs, outputs
 
 
 def publish_directory(staging: Path, target: Path) -> None:

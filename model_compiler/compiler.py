@@ -29,9 +29,10 @@ from numpy.typing import NDArray
 from hardware_profiles.loader import load_profile
 from hardware_profiles.profile import QUANTIZE_PASS, HardwareProfile, QuantizationMethod, QuantizationRecipe
 from hardware_profiles.runtimes import ExecutionSettings, InferenceSession, open_session, settings_for
-from model_compiler.artifact import emit_model, file_entry, publish_directory, write_golden, write_manifest
+from model_compiler.artifact import emit_model, file_entry, publish_directory, write_manifest
 from model_compiler.datasets import Samples, load_samples
 from model_compiler.errors import DatasetError, UnsupportedOperatorError
+from model_compiler.golden import write_golden
 from model_compiler.inspection import ModelInfo, inspect_model, with_node_names
 from model_compiler.latency import measure_latency
 from model_compiler.passes import Build, PassContext, run_passes, with_recipe

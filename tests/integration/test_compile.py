@@ -14,9 +14,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from model_compiler.artifact import read_golden
 from model_compiler.compiler import CompileRequest, compile_model
 from model_compiler.errors import DatasetError, InvalidModelError
+from model_compiler.golden import read_golden
 from model_compiler.passes import Build, PassContext, onnxruntime_passes
 from model_compiler.sample_models import SavedSample, digits_cnn, digits_mlp
 from protocols.manifest import MANIFEST_FILENAME, manifest_decoder

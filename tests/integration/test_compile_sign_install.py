@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from hardware_profiles.runtimes import ExecutionSettings, open_session
-from model_compiler.artifact import read_golden
 from model_compiler.compiler import CompileRequest, compile_model
+from model_compiler.golden import read_golden
 from model_compiler.sample_models import digits_cnn
 from model_compiler.signing.repository import init_repository, sign_release
 from model_compiler.verification import ReleaseVerifier

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from hardware_profiles.runtimes import ExecutionSettings, open_session
-from model_compiler.artifact import read_golden
 from model_compiler.compiler import CompileRequest, compile_model
+from model_compiler.golden import read_golden
 from model_compiler.sample_models import digits_cnn
 from protocols.manifest import MANIFEST_FILENAME, manifest_decoder
 

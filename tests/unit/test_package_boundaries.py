@@ -40,6 +40,23 @@ def test_package_imports_only_what_the_architecture_allows(package: str) -> None
         assert ours <= MAY_IMPORT[package], f"{path.relative_to(ROOT)} imports {ours - MAY_IMPORT[package]}"
 
 
+AGENT_MAY_USE_FROM_COMPILER = {
+    "model_compiler.verification",
+    "model_compiler.golden",
+    "model_compiler.errors",
+    "model_compiler.signing.release",
+    "model_compiler.signing.archive",
+}
+
+
+def test_agent_uses_only_the_verification_half_of_the_compiler() -> None:
+    for path in (ROOT / "edge_agent").rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("model_compiler"):
+                assert node.module in AGENT_MAY_USE_FROM_COMPILER, f"{path.relative_to(ROOT)}: {node.module}"
+
+
 def test_only_transport_adapters_import_broker_client_libraries() -> None:
     for path in (ROOT / "protocols").rglob("*.py"):
         clients = imported_top_levels(path) & {"nats", "paho"}
