@@ -77,3 +77,11 @@ class NothingToRollBackError(AgentError):
     def __init__(self, model: str) -> None:
         super().__init__(f"{model}: no previous version to roll back to")
         self.model = model
+
+
+class UnsupportedCommandError(AgentError):
+    """A command this agent cannot carry out (e.g. training without the federated extra)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"command {kind}: {reason}")
+        self.kind = kind

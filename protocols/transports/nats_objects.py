@@ -127,6 +127,17 @@ class NatsObjects:
             raise BusError(f"object put {bucket}/{name} failed: {e}") from e
         return await self.stat(bucket, name)
 
+    async def list_names(self, bucket: str) -> list[str]:
+        """Names of the live objects in `bucket` (empty when it has none)."""
+        store = await self._store(bucket)
+        try:
+            infos = await store.list()
+        except nats.js.errors.NotFoundError:
+            return []
+        except nats.errors.TimeoutError as e:
+            raise BusTimeoutError("object list", bucket, self._request_timeout_s) from e
+        return sorted(info.name for info in infos if not info.deleted)
+
     async def stat(self, bucket: str, name: str) -> ObjectSummary:
         """Size, chunk count and digest of an object, or `ObjectNotFoundError`."""
         store = await self._store(bucket)

@@ -19,7 +19,7 @@ MAY_IMPORT = {
     "edge_agent": {"protocols", "hardware_profiles", "model_compiler", "edge_agent"},
     "control_plane": {"protocols", "hardware_profiles", "model_compiler", "control_plane"},
 }
-HEAVY_FOR_DEVICES = {"litestar", "flwr", "openvino", "onnx", "nncf", "tensorflow", "onnx2tf", "uvicorn"}
+HEAVY_FOR_DEVICES = {"litestar", "flwr", "openvino", "onnx", "nncf", "tensorflow", "onnx2tf"}
 
 
 def imported_top_levels(path: Path) -> set[str]:
