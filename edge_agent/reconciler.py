@@ -160,7 +160,8 @@ class Reconciler:
             needed = target.length * DISK_HEADROOM
             if self.store.free_bytes() < needed:
                 raise InsufficientDiskError(self.store.root, needed, self.store.free_bytes())
-            await self.source.download(target, archive)
+            fetched = await self.source.download(target, archive)
+            logger.info("downloaded %s: fetched %d of %d bytes now", target.path, fetched, target.length)
         self.lifecycle.apply(name, "downloaded")
         if not self.store.has_object(target.sha256):
             await asyncio.to_thread(verifier.install, resolved, archive, self.store.object_dir(target.sha256))
