@@ -101,7 +101,10 @@ def _model(
     graph_output = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, output_shape)
     graph = helper.make_graph(nodes, "digits", [graph_input], [graph_output], initializer=initializers)
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION, producer_name="edgefabric"
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="edgefabric",
     )
     if check:
         onnx.checker.check_model(model, full_check=True)
@@ -194,7 +197,9 @@ class _ResNetBuilder:
         self.threads = threads
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-        self.input = helper.make_tensor_value_info("image", TensorProto.FLOAT, [BATCH_DIM, 3, *images.shape[2:]])
+        self.input = helper.make_tensor_value_info(
+            "image", TensorProto.FLOAT, [BATCH_DIM, 3, *images.shape[2:]]
+        )
 
     def conv_bn(self, x: str, name: str, channels: tuple[int, int], kernel: int, stride: int) -> str:
         c_in, c_out = channels
@@ -333,7 +338,9 @@ class _BertBuilder:
         scale = self.const(f"{p}.scale", np.array(1 / np.sqrt(s.hidden // s.heads), np.float32))
         scores = self.op("Mul", [self.op("MatMul", [q, k], f"{p}.qk"), scale], f"{p}.scaled")
         probs = self.op("Softmax", [self.op("Add", [scores, mask], f"{p}.masked")], f"{p}.probs", axis=-1)
-        context = self.op("Transpose", [self.op("MatMul", [probs, v], f"{p}.pv")], f"{p}.ctx.t", perm=[0, 2, 1, 3])
+        context = self.op(
+            "Transpose", [self.op("MatMul", [probs, v], f"{p}.pv")], f"{p}.ctx.t", perm=[0, 2, 1, 3]
+        )
         merge = self.const(f"{p}.merge", np.array([0, 0, s.hidden], np.int64))
         context = self.op("Reshape", [context, merge], f"{p}.ctx")
         attention = self.linear(context, f"{p}.attention.output", (s.hidden, s.hidden))
@@ -355,8 +362,9 @@ class _BertBuilder:
         x = self.op("Add", [self.op("Gather", [words, "input_ids"], "embeddings.gather"), positions], "embed")
         x = self.layer_norm(x, "embeddings.ln")
         pad = self.const("mask.pad", np.array(PAD_TOKEN, np.int64))
-        masked, kept = self.const("mask.off", np.array(-10000.0, np.float32)), self.const(
-            "mask.on", np.array(0.0, np.float32)
+        masked, kept = (
+            self.const("mask.off", np.array(-10000.0, np.float32)),
+            self.const("mask.on", np.array(0.0, np.float32)),
         )
         is_pad = self.op("Equal", ["input_ids", pad], "mask.is_pad")
         additive = self.op("Where", [is_pad, masked, kept], "mask.additive")

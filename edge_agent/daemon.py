@@ -88,6 +88,9 @@ class Agent:
         self.state_dir = config.state_path
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.profiles = device_profiles(config)
+        self.trusted_root = (
+            Path(config.trusted_root).expanduser().read_bytes() if config.trusted_root else None
+        )
         self.store = ModelStore(self.state_dir)
         self.lifecycle = Lifecycle(self.state_dir / "state.json")
         self.recorder = TelemetryRecorder(interval_s=config.telemetry_interval_s)
@@ -217,11 +220,11 @@ class Agent:
                 delay = min(delay * 2, 30.0)
 
     async def run_online(self, stop: asyncio.Event) -> None:
-        if self.config.trusted_root is None:
+        if self.trusted_root is None:
             raise ConfigError(
                 "trusted_root", "needed to verify releases (written by enroll, or --trusted-root)"
             )
-        trusted_root = Path(self.config.trusted_root).expanduser().read_bytes()
+        trusted_root = self.trusted_root
         bus, source = self._make_bus()
         await self._connect(bus, stop)
         if stop.is_set():
@@ -246,7 +249,8 @@ class Agent:
                 tasks.create_task(self._apply_desired(stop))
                 tasks.create_task(self._heartbeats(stop))
                 tasks.create_task(self._commands(stop))
-                tasks.create_task(self.forwarder.run(self.recorder, stop, interval_s=self.config.telemetry_interval_s))
+                interval_s = self.config.telemetry_interval_s
+                tasks.create_task(self.forwarder.run(self.recorder, stop, interval_s=interval_s))
                 await self.reconciler.resume_interrupted()
                 await self.report()
                 await stop.wait()

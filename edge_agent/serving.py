@@ -67,7 +67,8 @@ class ServedModel:
     is_batchable: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.is_batchable = all(spec.shape[:1] == (None,) for spec in self.session.inputs)
+        specs = (*self.session.inputs, *self.session.outputs)
+        self.is_batchable = all(spec.shape[:1] == (None,) for spec in specs)
 
     @property
     def version(self) -> str:
@@ -84,20 +85,23 @@ class ServedModel:
         samples = set()
         for name, value in feeds.items():
             spec = expected[name]
+            array = np.asarray(value)
+            if array.dtype != spec.dtype and not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+                raise InvalidInferenceInputError(
+                    self.name, f"{name}: {array.dtype} values for a {spec.dtype} input"
+                )
             try:
-                array = np.asarray(value, dtype=spec.dtype)
+                array = array.astype(spec.dtype, copy=False)
             except (TypeError, ValueError) as e:
                 raise InvalidInferenceInputError(self.name, f"{name}: not {spec.dtype} numbers") from e
-            if array.ndim != len(spec.shape) or any(
-                want is not None and have != want
-                for have, want in zip(array.shape[1:], spec.shape[1:], strict=True)
-            ):
+            if array.ndim != len(spec.shape) or array.ndim == 0:
                 raise InvalidInferenceInputError(
                     self.name, f"{name}: shape {array.shape}, model takes {spec.shape}"
                 )
-            if spec.shape[0] is not None and array.shape[0] != spec.shape[0]:
+            fixed = zip(array.shape, spec.shape, strict=True)
+            if any(want is not None and have != want for have, want in fixed):
                 raise InvalidInferenceInputError(
-                    self.name, f"{name}: batch {array.shape[0]}, model takes {spec.shape[0]}"
+                    self.name, f"{name}: shape {array.shape}, model takes {spec.shape}"
                 )
             checked[name] = array
             samples.add(array.shape[0])
@@ -114,6 +118,7 @@ class _Batcher:
         self._max_batch_size = max_batch_size
         self._max_delay_s = max_queue_delay_ms / 1000
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._worker = asyncio.create_task(self._serve())
 
     async def submit(self, feeds: Feeds, samples: int) -> Feeds:
@@ -122,28 +127,41 @@ class _Batcher:
         return await future
 
     async def _serve(self) -> None:
+        """Collect a batch (same per-sample shapes, at most `max_batch_size` samples), start it,
+        collect the next while it runs: several batches may be in flight on the worker pool."""
+        carried: _Pending | None = None
         while True:
-            batch = [await self._queue.get()]
+            first = carried or await self._queue.get()
+            carried = None
+            batch, size = [first], first.samples
             deadline = time.monotonic() + self._max_delay_s
-            while sum(p.samples for p in batch) < self._max_batch_size:
+            while size < self._max_batch_size:
                 remaining = deadline - time.monotonic()
                 try:
-                    batch.append(
+                    candidate = (
                         self._queue.get_nowait()
                         if remaining <= 0
                         else await asyncio.wait_for(self._queue.get(), remaining)
                     )
                 except (asyncio.QueueEmpty, TimeoutError):
                     break
-            await self._run_batch(batch)
+                if size + candidate.samples > self._max_batch_size or not _same_sample_shape(
+                    first, candidate
+                ):
+                    carried = candidate
+                    break
+                batch.append(candidate)
+                size += candidate.samples
+            task = asyncio.create_task(self._run_batch(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
-        names = list(batch[0].feeds)
-        merged = {
-            n: np.concatenate([p.feeds[n] for p in batch]) if len(batch) > 1 else batch[0].feeds[n]
-            for n in names
-        }
         try:
+            merged = {
+                name: np.concatenate([p.feeds[name] for p in batch]) if len(batch) > 1 else value
+                for name, value in batch[0].feeds.items()
+            }
             outputs: Feeds = await self._run(merged)
         except Exception as e:  # the runtime's own error goes to every waiting request
             for pending in batch:
@@ -161,6 +179,10 @@ class _Batcher:
         self._worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
+
+
+def _same_sample_shape(a: _Pending, b: _Pending) -> bool:
+    return all(a.feeds[name].shape[1:] == b.feeds[name].shape[1:] for name in a.feeds)
 
 
 def _top1(outputs: Feeds) -> int | None:
@@ -302,6 +324,8 @@ class ModelServer:
         )
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         for batcher in self._batchers.values():
             await batcher.close()
         self._batchers.clear()

@@ -14,7 +14,8 @@ Invariants:
   counted as evicted.
 - A queued payload that does not decode as a `TelemetryRecord` is dropped with a warning, so it cannot
   block the queue.
-- One flush runs at a time. Queue calls, being blocking SQLite, run in a worker thread.
+- One flush runs at a time. Queue calls, being blocking SQLite, run in a worker thread; the one exception
+  is `run` saving the open intervals as it ends, which must also work while the task is cancelled.
 """
 
 from __future__ import annotations
@@ -130,17 +131,16 @@ class TelemetryForwarder:
     async def run(self, recorder: TelemetryRecorder, stop: asyncio.Event, *, interval_s: float) -> None:
         """Collect and flush now, then every `interval_s` or on `flush_now()`, until `stop` is set.
 
-        On stop, the recorder's open intervals are queued (not sent), so the next start forwards them.
-        Failures are logged and retried at the next tick; they never end the loop.
+        When the loop ends, by `stop` or by cancellation, the recorder's open intervals are queued (not
+        sent), so the next start forwards them. Failures are logged and retried at the next tick.
         """
-        while True:
-            await self._collect_and_flush(recorder)
-            if await self._wait_for_tick(stop, interval_s):
-                break
         try:
-            await self.collect(recorder, force=True)
-        except TelemetryStorageError as e:
-            logger.warning("telemetry of the last interval lost at shutdown: %s", e)
+            while True:
+                await self._collect_and_flush(recorder)
+                if await self._wait_for_tick(stop, interval_s):
+                    break
+        finally:
+            self._queue_open_intervals(recorder)
 
     async def _collect_and_flush(self, recorder: TelemetryRecorder) -> None:
         try:
@@ -159,6 +159,13 @@ class TelemetryForwarder:
                 wait.cancel()
         self._flush_requested.clear()
         return stop.is_set()
+
+    def _queue_open_intervals(self, recorder: TelemetryRecorder) -> None:
+        """Synchronous on purpose: it runs as the task is cancelled, where an await could be cut short."""
+        try:
+            self._enqueue(recorder.drain(force=True))
+        except TelemetryStorageError as e:
+            logger.warning("telemetry of the open interval lost at shutdown: %s", e)
 
     def _enqueue(self, records: list[TelemetryRecord]) -> int:
         outcomes = [self._queue.put(encode(r), Priority.AGGREGATE, r.record_id) for r in records]

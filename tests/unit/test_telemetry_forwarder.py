@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from edge_agent.telemetry.forwarder import FlushResult, TelemetryForwarder, batch_id_for
@@ -206,7 +207,7 @@ async def test_collect_queues_closed_intervals_only_unless_forced(
     assert await forwarder.collect(recorder, force=True) == 1
     items = queue.peek_batch(max_items=10, max_bytes=10**6)
     assert [i.priority for i in items] == [Priority.AGGREGATE] * 2
-    assert [codec.Decoder("record", TelemetryRecord).decode(i.payload).record_id for i in items] == [
+    assert [msgspec.json.decode(i.payload, type=TelemetryRecord).record_id for i in items] == [
         i.record_id for i in items
     ]
 
@@ -245,3 +246,16 @@ async def test_run_survives_a_broker_outage(
     stop.set()
     await asyncio.wait_for(loop, 5)
     assert bus.record_ids() == ["a1"]
+
+
+async def test_cancelled_run_still_queues_the_open_interval(
+    forwarder: TelemetryForwarder, queue: TelemetryQueue
+) -> None:
+    recorder = TelemetryRecorder(interval_s=3600)
+    loop = asyncio.create_task(forwarder.run(recorder, asyncio.Event(), interval_s=3600))
+    await asyncio.sleep(0.1)
+    recorder.record("digits", "1.0.0", latency_ms=1.0, is_error=False)
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loop
+    assert queue.stats().depth == 1
