@@ -77,6 +77,7 @@ class AgentProcess:
     state_dir: Path
     device_id: str
     args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
@@ -91,7 +92,7 @@ class AgentProcess:
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFABRIC_AGENT_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFABRIC_AGENT_")} | self.env
         self.process = subprocess.Popen(
             [
                 sys.executable,

@@ -75,23 +75,11 @@ def nats_agent(
     agents: list[AgentProcess],
     device_id: str = "dev-1",
     profile: str = PROFILE,
-    *extra: str,
+    env: dict[str, str] | None = None,
 ) -> AgentProcess:
-    agent = AgentProcess(
-        tmp_path / device_id,
-        device_id,
-        [
-            "--nats-url",
-            broker.nats_url,
-            "--trusted-root",
-            str(repo / "metadata" / "1.root.json"),
-            "--profile",
-            profile,
-            "--telemetry-interval",
-            "1",
-            *extra,
-        ],
-    )
+    trusted_root = str(repo / "metadata" / "1.root.json")
+    args = ["--nats-url", broker.nats_url, "--trusted-root", trusted_root, "--profile", profile]
+    agent = AgentProcess(tmp_path / device_id, device_id, [*args, "--telemetry-interval", "1"], env=env or {})
     agents.append(agent)
     agent.start()
     return agent
@@ -377,3 +365,98 @@ def _big_model(directory: Path) -> SavedSample:
     for initializer in small.model.graph.initializer:
         initializer.CopyFrom(onnx.numpy_helper.from_array(wide[initializer.name], initializer.name))
     return small.save(directory)
+
+
+async def test_agent_killed_during_activation_serves_one_consistent_version(
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    bus: NatsBus,
+    repo: Path,
+    builds: dict[str, Path],
+    samples: dict[str, SavedSample],
+    agents: list[AgentProcess],
+) -> None:
+    agent = nats_agent(tmp_path, broker, repo, agents)
+    counter1 = await sign_and_publish(bus, repo, builds["1"], "digits", "1")
+    await set_desired(bus, "dev-1", 1, "digits", "1", counter1)
+    agent.wait_model("digits", lambda m: m["current_version"] == "1", what="v1 active")
+    counter2 = await sign_and_publish(bus, repo, builds["2"], "digits", "2")
+    await set_desired(bus, "dev-1", 2, "digits", "2", counter2)
+    agent.wait_model(
+        "digits",
+        lambda m: m["state"] in ("testing", "active") and m["target_version"] == "2",
+        what="v2 activating",
+        timeout_s=60,
+    )
+    agent.kill()
+    agent.start()
+    x = images(samples["1"], 1)
+    result = AgentClient(agent.url).infer("digits", {"image": x})
+    served = result.model_version
+    assert served in ("1", "2")
+    np.testing.assert_allclose(result.outputs["logits"], expected_logits(builds[served], x), atol=1e-4)
+    agent.wait_model("digits", lambda m: m["current_version"] == "2", what="converged on v2 after restart")
+
+
+async def test_restarted_without_network_it_serves_the_last_active_model(
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    bus: NatsBus,
+    repo: Path,
+    builds: dict[str, Path],
+    samples: dict[str, SavedSample],
+    agents: list[AgentProcess],
+) -> None:
+    agent = nats_agent(tmp_path, broker, repo, agents)
+    counter = await sign_and_publish(bus, repo, builds["1"], "digits", "1")
+    await set_desired(bus, "dev-1", 1, "digits", "1", counter)
+    agent.wait_model("digits", lambda m: m["current_version"] == "1", what="v1 active")
+    agent.stop()
+    await bus.close()
+    broker.stop()
+    agent.start()
+    assert AgentClient(agent.url).infer("digits", {"image": images(samples["1"], 1)}).model_version == "1"
+
+
+async def test_shadow_release_reports_agreement_without_changing_answers(
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    bus: NatsBus,
+    repo: Path,
+    builds: dict[str, Path],
+    samples: dict[str, SavedSample],
+    agents: list[AgentProcess],
+) -> None:
+    agent = nats_agent(tmp_path, broker, repo, agents, env={"EDGEFABRIC_AGENT_SHADOW_SAMPLE_FRACTION": "1.0"})
+    counter1 = await sign_and_publish(bus, repo, builds["1"], "digits", "1")
+    counter2 = await sign_and_publish(bus, repo, builds["2"], "digits", "2")
+    await set_desired(bus, "dev-1", 1, "digits", "1", counter1)
+    agent.wait_model("digits", lambda m: m["current_version"] == "1", what="v1 active")
+    await set_desired(bus, "dev-1", 2, "digits", "2", counter2, mode="shadow")
+    agent.wait_model("digits", lambda m: m["shadow_version"] == "2", what="v2 in shadow")
+    client = AgentClient(agent.url)
+    x = images(samples["1"], 64)
+    for index in range(64):
+        assert client.infer("digits", {"image": x[index : index + 1]}).model_version == "1"
+    deadline = time.monotonic() + 30
+    shadow: list[float] = []
+    while time.monotonic() < deadline and not shadow:
+        shadow = await _shadow_agreement(bus, "dev-1")
+        await asyncio.sleep(0.5)
+    assert shadow and all(0.0 <= a <= 1.0 for a in shadow)
+
+
+async def _shadow_agreement(bus: NatsBus, device_id: str) -> list[float]:
+    info = await bus.js.stream_info(subjects.TELEMETRY_STREAM)
+    found: list[float] = []
+    for sequence in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else ():
+        event = device_event_decoder.decode(
+            (await bus.js.get_msg(subjects.TELEMETRY_STREAM, sequence)).data or b""
+        )
+        if isinstance(event, TelemetryBatch) and event.device_id == device_id:
+            found.extend(
+                r.shadow_agreement
+                for r in event.records
+                if r.mode == "shadow" and r.shadow_agreement is not None
+            )
+    return found
