@@ -333,9 +333,6 @@ def artifact_row(result: ProfileResult, request: str, events: list[Event]) -> Ar
     )
 
 
-Event = tuple[float, str, str, str]  # (s since the model's compiles started, run label, profile, stage)
-
-
 def run_compiles(
     spec: ModelSpec, saved: SavedSample, work: Path, args: argparse.Namespace, budget: Budget
 ) -> tuple[list[tuple[ProfileResult, str]], list[Event], float]:

@@ -29,6 +29,7 @@ Invariants: every loop is bounded by a count; the same arguments give the same w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -229,7 +230,7 @@ class _ResNetBuilder:
         ]
         return name
 
-    def op(self, op_type: str, inputs: list[str], name: str, **attributes: object) -> str:
+    def op(self, op_type: str, inputs: list[str], name: str, **attributes: Any) -> str:
         self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attributes))
         return name
 
@@ -309,7 +310,7 @@ class _BertBuilder:
     def random(self, name: str, shape: tuple[int, ...], std: float) -> str:
         return self.const(name, (self.rng.standard_normal(shape) * std).astype(np.float32))
 
-    def op(self, op_type: str, inputs: list[str], name: str, **attributes: object) -> str:
+    def op(self, op_type: str, inputs: list[str], name: str, **attributes: Any) -> str:
         self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attributes))
         return name
 

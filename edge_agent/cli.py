@@ -418,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _configure_logging("error")  # one-shot commands print their own one-line outcome; `run` logs more
     return run_cli(build_parser(), argv)
 
 
