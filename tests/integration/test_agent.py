@@ -85,6 +85,16 @@ def nats_agent(
     return agent
 
 
+async def deploy(
+    bus: NatsBus, repo: Path, agent: AgentProcess, build: Path, version: str, *, revision: int
+) -> int:
+    """Sign and publish `build` as digits `version`, point the agent at it, wait until it serves it."""
+    counter = await sign_and_publish(bus, repo, build, "digits", version)
+    await set_desired(bus, agent.device_id, revision, "digits", version, counter)
+    agent.wait_model("digits", lambda m: m["current_version"] == version, what=f"v{version} active")
+    return counter
+
+
 def expected_logits(build: Path, images: np.ndarray) -> np.ndarray:
     session = open_session(build / PROFILE / "model.onnx", ExecutionSettings(runtime="onnxruntime"))
     return np.concatenate([session.run({"image": images[i : i + 1]})["logits"] for i in range(len(images))])
@@ -132,9 +142,7 @@ async def test_refused_updates_keep_v1_serving_and_report_why(
     agent = nats_agent(tmp_path, broker, repo, agents)
     client = AgentClient(agent.url)
     x = images(samples["1"], 1)
-    counter = await sign_and_publish(bus, repo, builds["1"], "digits", "1")
-    await set_desired(bus, "dev-1", 1, "digits", "1", counter)
-    agent.wait_model("digits", lambda m: m["current_version"] == "1", what="v1 active")
+    await deploy(bus, repo, agent, builds["1"], "1", revision=1)
     old_timestamp = (repo / "metadata" / "timestamp.json").read_bytes()
 
     failures: list[BaseException] = []
@@ -274,9 +282,7 @@ async def test_broker_outage_queues_telemetry_that_arrives_exactly_once(
     agents: list[AgentProcess],
 ) -> None:
     agent = nats_agent(tmp_path, broker, repo, agents)
-    counter = await sign_and_publish(bus, repo, builds["1"], "digits", "1")
-    await set_desired(bus, "dev-1", 1, "digits", "1", counter)
-    agent.wait_model("digits", lambda m: m["current_version"] == "1", what="v1 active")
+    await deploy(bus, repo, agent, builds["1"], "1", revision=1)
     client = AgentClient(agent.url)
     x = images(samples["1"], 1)
     await bus.close()
@@ -377,9 +383,7 @@ async def test_agent_killed_during_activation_serves_one_consistent_version(
     agents: list[AgentProcess],
 ) -> None:
     agent = nats_agent(tmp_path, broker, repo, agents)
-    counter1 = await sign_and_publish(bus, repo, builds["1"], "digits", "1")
-    await set_desired(bus, "dev-1", 1, "digits", "1", counter1)
-    agent.wait_model("digits", lambda m: m["current_version"] == "1", what="v1 active")
+    await deploy(bus, repo, agent, builds["1"], "1", revision=1)
     counter2 = await sign_and_publish(bus, repo, builds["2"], "digits", "2")
     await set_desired(bus, "dev-1", 2, "digits", "2", counter2)
     agent.wait_model(
@@ -408,9 +412,7 @@ async def test_restarted_without_network_it_serves_the_last_active_model(
     agents: list[AgentProcess],
 ) -> None:
     agent = nats_agent(tmp_path, broker, repo, agents)
-    counter = await sign_and_publish(bus, repo, builds["1"], "digits", "1")
-    await set_desired(bus, "dev-1", 1, "digits", "1", counter)
-    agent.wait_model("digits", lambda m: m["current_version"] == "1", what="v1 active")
+    await deploy(bus, repo, agent, builds["1"], "1", revision=1)
     agent.stop()
     await bus.close()
     broker.stop()
