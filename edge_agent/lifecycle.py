@@ -21,6 +21,7 @@ from protocols.messages import ErrorReport, LifecycleState, ModelAssignment, utc
 
 Event = Literal[
     "target_changed",  # desired state names a version other than the current one
+    "target_satisfied",  # desired state names the version already current
     "downloaded",
     "verified",
     "installed",
@@ -40,6 +41,9 @@ TRANSITIONS: dict[tuple[LifecycleState, Event], LifecycleState] = {
     ("verifying", "target_changed"): "downloading",
     ("testing", "target_changed"): "downloading",
     ("installing", "target_changed"): "downloading",
+    ("idle", "target_satisfied"): "active",
+    ("failed", "target_satisfied"): "active",
+    ("rolled_back", "target_satisfied"): "active",
     ("downloading", "downloaded"): "verifying",
     ("verifying", "verified"): "installing",
     ("installing", "installed"): "testing",
@@ -105,7 +109,7 @@ class Lifecycle:
             raise IllegalTransitionError(model, record.state, event)
         record.state = new_state
         record.updated_at = utc_now()
-        if error is not None or event in ("accepted", "target_changed"):
+        if error is not None or event in ("accepted", "target_changed", "target_satisfied"):
             record.last_error = error
         self.save()
         return new_state

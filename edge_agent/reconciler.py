@@ -113,9 +113,12 @@ class Reconciler:
     async def _ensure(self, assignment: ModelAssignment, *, resuming: bool = False) -> None:
         name, release = assignment.model, assignment.release
         current = self.store.current(name)
-        if current is not None and current.manifest.version == release.version:
-            return
         record = self.lifecycle.record(name)
+        if current is not None and current.manifest.version == release.version:
+            if record.state != "active":
+                record.target = assignment
+                self.lifecycle.apply(name, "target_satisfied")
+            return
         if not resuming:
             record.target = assignment
             self.lifecycle.apply(name, "target_changed")
