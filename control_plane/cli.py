@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import signal
 import sys
 import tempfile
@@ -11,11 +13,17 @@ import threading
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from control_plane.auth.cli import add_token_commands
 from control_plane.broker import EmbeddedBroker
+from control_plane.config import DEFAULT_PORT, load_config
 from model_compiler.cli import add_compile_command
 from model_compiler.signing.cli import add_signing_commands
 from protocols.cli_support import EXIT_OK, OneLineArgumentParser, run_cli
+
+if TYPE_CHECKING:
+    from control_plane.server import Ready
 
 
 def _version() -> str:
@@ -38,6 +46,39 @@ def _broker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _up(args: argparse.Namespace) -> int:
+    config = load_config(
+        file=Path(args.config) if args.config else None,
+        environ=os.environ,
+        overrides={
+            "data_dir": args.data_dir,
+            "host": args.host,
+            "port": args.port,
+            "nats_url": args.nats_url,
+            "advertise": False if args.no_advertise else None,
+        },
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    # Only `up` needs the API stack (Litestar, uvicorn, zeroconf); the other commands start without it.
+    from control_plane.server import run
+
+    run(config, on_ready=_print_ready, exit_after_s=args.exit_after)
+    return EXIT_OK
+
+
+def _print_ready(ready: Ready) -> None:
+    print(f"api: {ready.api_url}")
+    print(f"nats: {ready.nats_url}")
+    if ready.mqtt_url is not None:
+        print(f"mqtt: {ready.mqtt_url}")
+    print(f"data: {ready.data_dir}")
+    if ready.admin_token is not None:
+        print(f"admin token: {ready.admin_token}")
+        print(f"  shown once; also saved to {ready.admin_token_path} (mode 0600)")
+    print("ready (Ctrl-C to stop)", flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog="edgefabric",
@@ -53,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--exit-after", type=float, metavar="SECONDS", help="stop after this long")
     broker.set_defaults(handler=_broker)
 
+    up = commands.add_parser(
+        "up", help="run the control plane: REST API, embedded broker, mDNS advertisement (until Ctrl-C)"
+    )
+    up.add_argument(
+        "--config", metavar="FILE.toml", help="settings file (flags and EDGEFABRIC_* win over it)"
+    )
+    up.add_argument("--data-dir", help="database, blobs, broker store, admin.token (created on first start)")
+    up.add_argument("--host", help="address to serve the API on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, help=f"API port (default {DEFAULT_PORT}; 0 picks a free one)")
+    up.add_argument("--nats-url", help="use this NATS server instead of starting the embedded one")
+    up.add_argument("--no-advertise", action="store_true", help="do not announce _edgefabric._tcp over mDNS")
+    up.add_argument("--exit-after", type=float, metavar="SECONDS", help="stop this long after ready")
+    up.set_defaults(handler=_up)
+
+    add_token_commands(commands, os.environ)
     add_compile_command(commands)
     add_signing_commands(commands)
     return parser

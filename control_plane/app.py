@@ -1,0 +1,122 @@
+"""The Litestar application: `create_app(config, services) -> Litestar`.
+
+Routes: `/api/v1/...` (one router, guarded by roles), `/metrics`, and the OpenAPI schema at
+`/schema/openapi.json` (JSON only: no UI that loads scripts from a CDN).
+
+Middleware, outermost first: request metrics; body size limit (413 before anything reads the body);
+rate limit per client IP (before authentication, so token guessing is throttled); bearer-token
+authentication (401); rate limit per identity. The role guard (403) runs on `/api/v1` routes.
+
+Invariants:
+- Every error leaves as `{"error": code, "detail": ...}` (`control_plane.web.errors`); bad input is
+  a 4xx, never a 500.
+- The app holds no global state: everything it uses comes from `config` and `services`, so tests
+  build as many independent apps as they like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+from litestar import Litestar, Router
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components
+from sqlite_utils import Database
+
+from control_plane.audit.controllers import list_audit
+from control_plane.audit.services import AuditService
+from control_plane.auth.access import SECURITY_SCHEMES, BearerTokenMiddleware, role_guard
+from control_plane.auth.controllers import TokenController, who_am_i
+from control_plane.auth.services import TokenService
+from control_plane.clock import Clock, SystemClock
+from control_plane.config import ControlPlaneConfig, RateLimit
+from control_plane.system.controllers import check_health
+from control_plane.system.services import HealthService
+from control_plane.web.body_limit import BodySizeLimitMiddleware
+from control_plane.web.errors import EXCEPTION_HANDLERS
+from control_plane.web.metrics import HttpMetrics, MetricsMiddleware, serve_metrics
+from control_plane.web.pagination import page_request
+from control_plane.web.rate_limit import KeyKind, RateLimitMiddleware, TokenBucketLimiter
+
+API_PREFIX = "/api/v1"
+
+
+def package_version() -> str:
+    try:
+        return version("edgefabric")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Services:
+    """The services behind the routes, built once per process over one database."""
+
+    tokens: TokenService
+    audit: AuditService
+    health: HealthService
+
+    @classmethod
+    def build(cls, config: ControlPlaneConfig, db: Database, clock: Clock) -> Services:
+        audit = AuditService(db, clock)
+        tokens = TokenService(
+            db,
+            audit,
+            clock,
+            default_ttl_days=config.default_token_ttl_days,
+            max_ttl_days=config.max_token_ttl_days,
+        )
+        return cls(tokens=tokens, audit=audit, health=HealthService(db, version=package_version()))
+
+
+def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock | None = None) -> Litestar:
+    """The API over `services`; `clock` drives the rate limiters (default: the system clock)."""
+    monotonic = (clock or SystemClock()).monotonic
+    metrics = HttpMetrics()
+
+    def rate_limit(key_kind: KeyKind, limit: RateLimit) -> DefineMiddleware:
+        return DefineMiddleware(
+            RateLimitMiddleware,
+            key_kind=key_kind,
+            limiter=TokenBucketLimiter(limit, monotonic),
+            sensitive_limiter=TokenBucketLimiter(config.rate_limit_sensitive, monotonic),
+            sensitive_paths=config.sensitive_paths,
+        )
+
+    api = Router(
+        path=API_PREFIX,
+        route_handlers=[check_health, who_am_i, TokenController, list_audit],
+        guards=[role_guard],
+    )
+    return Litestar(
+        route_handlers=[api, serve_metrics],
+        dependencies={
+            "tokens": Provide(lambda: services.tokens, sync_to_thread=False),
+            "audit": Provide(lambda: services.audit, sync_to_thread=False),
+            "health": Provide(lambda: services.health, sync_to_thread=False),
+            "metrics": Provide(lambda: metrics, sync_to_thread=False),
+            "page": Provide(page_request, sync_to_thread=False),
+        },
+        middleware=[
+            DefineMiddleware(MetricsMiddleware, metrics=metrics),
+            DefineMiddleware(BodySizeLimitMiddleware, max_body_bytes=config.max_body_bytes),
+            rate_limit("ip", config.rate_limit_per_ip),
+            DefineMiddleware(BearerTokenMiddleware, tokens=services.tokens, exclude=["^/schema"]),
+            rate_limit("identity", config.rate_limit_per_identity),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title="EdgeFabric control plane",
+            version=package_version(),
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+            components=Components(security_schemes=SECURITY_SCHEMES),
+        ),
+        request_max_body_size=config.max_body_bytes,
+        logging_config=None,  # the CLI configures logging once; the app must not reconfigure it
+        debug=False,
+    )

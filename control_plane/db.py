@@ -1,0 +1,136 @@
+"""The control plane's SQLite database (via sqlite-utils): opening it and upgrading its schema.
+
+`<data_dir>/control-plane.db` in WAL mode. The schema is the ordered `MIGRATIONS` list: migration N
+is `MIGRATIONS[N - 1]`, and `schema_migrations` records each one applied (version, name, time).
+
+Invariants:
+- `migrate()` applies exactly the missing migrations, in order, each in its own transaction together
+  with its `schema_migrations` row: a crash leaves the database at a whole version, an older data dir
+  upgrades in place, and running it again is a no-op.
+- A migration, once released, never changes; a schema change is a new migration appended to the list.
+- A database from a newer release (a version this code does not know) is refused, not touched.
+- `audit_log` is append-only: triggers abort any UPDATE or DELETE on it.
+- One connection per process, used from one thread at a time (the event loop); statements are short.
+  `synchronous=NORMAL` in WAL mode: a committed transaction survives a process crash (`kill -9`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from control_plane.errors import DataDirError
+
+Migration = Callable[[Database], None]
+
+
+def _0001_api_tokens(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE api_tokens (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+            token_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT,
+            revoked_at TEXT,
+            last_used_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX api_tokens_created_at ON api_tokens (created_at, id)")
+
+
+def _0002_audit_log(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            actor_name TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    for event in ("UPDATE", "DELETE"):
+        db.execute(
+            f"""
+            CREATE TRIGGER audit_log_no_{event.lower()} BEFORE {event} ON audit_log
+            BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END
+            """
+        )
+
+
+MIGRATIONS: Sequence[Migration] = (_0001_api_tokens, _0002_audit_log)
+
+
+def db_time(moment: datetime) -> str:
+    """How timestamps are stored: UTC ISO 8601 with microseconds, so text order is time order."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def open_database(path: Path) -> Database:
+    """Open (creating if needed) the database at `path` in WAL mode. Does not migrate."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, check_same_thread=False)
+        db = Database(conn, execute_plugins=False)
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.enable_wal()
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+    except (OSError, sqlite3.DatabaseError) as e:
+        raise DataDirError(path, f"cannot open the database: {e}") from e
+    return db
+
+
+def schema_version(db: Database) -> int:
+    """The highest migration applied (0 for an empty database)."""
+    if not db.table("schema_migrations").exists():
+        return 0
+    row = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(db: Database, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Apply the migrations `db` lacks, in order; return the versions applied (empty: up to date)."""
+    try:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        current = schema_version(db)
+        if current > len(migrations):
+            raise DataDirError(
+                _db_path(db),
+                f"schema version {current} is newer than this release knows ({len(migrations)}); "
+                "upgrade edgefabric",
+            )
+        applied: list[int] = []
+        for version, migration in enumerate(migrations[current:], start=current + 1):
+            with db.atomic():
+                migration(db)
+                db.table("schema_migrations").insert(
+                    {
+                        "version": version,
+                        "name": migration.__name__.lstrip("_"),
+                        "applied_at": db_time(datetime.now(UTC)),
+                    }
+                )
+            applied.append(version)
+    except sqlite3.DatabaseError as e:
+        raise DataDirError(_db_path(db), f"migration failed: {e}") from e
+    return applied
+
+
+def _db_path(db: Database) -> Path:
+    row = db.execute("PRAGMA database_list").fetchone()
+    return Path(row[2] or ":memory:")

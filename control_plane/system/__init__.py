@@ -1,0 +1,1 @@
+"""The control plane's own state: health."""
