@@ -34,6 +34,9 @@ from control_plane.auth.controllers import TokenController, who_am_i
 from control_plane.auth.services import TokenService
 from control_plane.clock import Clock, SystemClock
 from control_plane.config import ControlPlaneConfig, RateLimit
+from control_plane.registry.blobs import BlobStore
+from control_plane.registry.controllers import ModelController
+from control_plane.registry.services import RegistryService
 from control_plane.system.controllers import check_health
 from control_plane.system.services import HealthService
 from control_plane.web.body_limit import BodySizeLimitMiddleware
@@ -59,6 +62,7 @@ class Services:
     tokens: TokenService
     audit: AuditService
     health: HealthService
+    registry: RegistryService
 
     @classmethod
     def build(cls, config: ControlPlaneConfig, db: Database, clock: Clock) -> Services:
@@ -70,7 +74,12 @@ class Services:
             default_ttl_days=config.default_token_ttl_days,
             max_ttl_days=config.max_token_ttl_days,
         )
-        return cls(tokens=tokens, audit=audit, health=HealthService(db, version=package_version()))
+        return cls(
+            tokens=tokens,
+            audit=audit,
+            health=HealthService(db, version=package_version()),
+            registry=RegistryService(db, BlobStore(config.blob_dir), audit, clock),
+        )
 
 
 def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock | None = None) -> Litestar:
@@ -89,7 +98,7 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
 
     api = Router(
         path=API_PREFIX,
-        route_handlers=[check_health, who_am_i, TokenController, list_audit],
+        route_handlers=[check_health, who_am_i, TokenController, list_audit, ModelController],
         guards=[role_guard],
     )
     return Litestar(
@@ -98,6 +107,7 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             "tokens": Provide(lambda: services.tokens, sync_to_thread=False),
             "audit": Provide(lambda: services.audit, sync_to_thread=False),
             "health": Provide(lambda: services.health, sync_to_thread=False),
+            "registry": Provide(lambda: services.registry, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, sync_to_thread=False),
             "page": Provide(page_request, sync_to_thread=False),
         },

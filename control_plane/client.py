@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -74,6 +76,49 @@ class ApiClient:
                 **({} if body is None else {"Content-Type": "application/json"}),
             },
         )
+        return self._send(request, response_type)
+
+    def upload(
+        self,
+        path: str,
+        response_type: type[T],
+        *,
+        fields: Mapping[str, str],
+        files: Mapping[str, Path],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> T:
+        """POST a multipart/form-data body of `fields` and `files`, streamed from disk.
+
+        `progress(sent_bytes, total_bytes)` is called after each chunk of the body goes out.
+        """
+        url = f"{self.url}{path}"
+        body = MultipartBody(fields, files)
+        request = urllib.request.Request(
+            url,
+            method="POST",
+            data=body.chunks(progress),
+            headers={
+                "Authorization": f"Bearer {self._token}",
+                "Accept": "application/json",
+                "Content-Type": body.content_type,
+                "Content-Length": str(body.size),
+            },
+        )
+        try:
+            return self._send(request, response_type)
+        except ApiClientError as e:
+            cause = e.__cause__
+            reason = cause.reason if isinstance(cause, urllib.error.URLError) else cause
+            if isinstance(reason, BrokenPipeError | ConnectionResetError):
+                raise ApiClientError(
+                    url,
+                    f"the API closed the connection during the upload of {body.size} bytes; "
+                    "it is most likely over the server's request body limit (max_body_bytes)",
+                ) from e
+            raise
+
+    def _send(self, request: urllib.request.Request, response_type: type[T]) -> T:
+        url = request.full_url
         try:
             with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
                 payload = response.read()
@@ -86,6 +131,58 @@ class ApiClient:
             return msgspec.json.decode(payload, type=response_type)
         except msgspec.DecodeError as e:
             raise ApiClientError(url, f"unexpected response: {e}") from e
+
+
+class MultipartBody:
+    """A multipart/form-data body whose size is known up front and whose files are read in chunks."""
+
+    CHUNK_BYTES = 256 * 1024
+
+    def __init__(self, fields: Mapping[str, str], files: Mapping[str, Path]) -> None:
+        self._boundary = f"edgefabric-{secrets.token_hex(16)}"
+        self._parts: list[bytes | Path] = []
+        for name, value in fields.items():
+            self._parts += [self._header(name, None) + value.encode() + b"\r\n"]
+        for name, file in files.items():
+            self._parts += [self._header(name, file.name), file, b"\r\n"]
+        self._parts.append(f"--{self._boundary}--\r\n".encode())
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self._boundary}"
+
+    @property
+    def size(self) -> int:
+        return sum(part.stat().st_size if isinstance(part, Path) else len(part) for part in self._parts)
+
+    def chunks(self, progress: Callable[[int, int], None] | None = None) -> Iterator[bytes]:
+        total, sent = self.size, 0
+        for part in self._parts:
+            pieces = _file_chunks(part, self.CHUNK_BYTES) if isinstance(part, Path) else iter([part])
+            for piece in pieces:
+                yield piece
+                sent += len(piece)
+                if progress is not None:
+                    progress(sent, total)
+
+    def _header(self, name: str, filename: str | None) -> bytes:
+        disposition = f'form-data; name="{_quoted(name)}"'
+        if filename is not None:
+            disposition += f'; filename="{_quoted(filename)}"'
+            kind = "\r\nContent-Type: application/octet-stream"
+        else:
+            kind = ""
+        return f"--{self._boundary}\r\nContent-Disposition: {disposition}{kind}\r\n\r\n".encode()
+
+
+def _quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _file_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(chunk_bytes):
+            yield chunk
 
 
 def _error_line(error: urllib.error.HTTPError) -> str:

@@ -69,7 +69,29 @@ def _0002_audit_log(db: Database) -> None:
         )
 
 
-MIGRATIONS: Sequence[Migration] = (_0001_api_tokens, _0002_audit_log)
+def _0003_model_versions(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE model_versions (
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            onnx_sha256 TEXT NOT NULL,
+            onnx_size INTEGER NOT NULL,
+            calibration_sha256 TEXT,
+            validation_sha256 TEXT,
+            opset INTEGER NOT NULL,
+            inputs TEXT NOT NULL,
+            outputs TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            PRIMARY KEY (model, version)
+        )
+        """
+    )
+    db.execute("CREATE INDEX model_versions_created_at ON model_versions (model, created_at)")
+
+
+MIGRATIONS: Sequence[Migration] = (_0001_api_tokens, _0002_audit_log, _0003_model_versions)
 
 
 def db_time(moment: datetime) -> str:

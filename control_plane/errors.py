@@ -101,6 +101,20 @@ class RequestTooLargeError(ControlPlaneError):
         self.limit_bytes = limit_bytes
 
 
+class RangeNotSatisfiableError(ControlPlaneError):
+    """A download asked for a byte range that starts past the end of the file."""
+
+    status_code = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the requested range starts past the end of the file ({size} bytes)")
+        self.size = size
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}
+
+
 class RateLimitedError(ControlPlaneError):
     """Too many requests from one client IP or identity; retrying after `retry_after_s` can help."""
 

@@ -1,0 +1,1 @@
+"""The model registry: uploaded ONNX models, their versions and datasets, stored content-addressed."""
