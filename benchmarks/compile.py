@@ -7,15 +7,20 @@ For each model (`compile_models.py`; both trained on scikit-learn's bundled digi
    each with its own recipe and, on a failed gate, its conservative retry), then once more for
    cpu-x86_64 with the other ORT recipe forced (`quantization="dynamic"` for the CNN,
    `"static-qdq"` for the encoder), so that every recipe is visible.
-3. Time every built artifact at batch 1 in the runtime and settings its manifest prescribes
+3. Unless `--no-x64-check`: rebuild the cpu-x86_64 artifact with the compiler's own passes and run
+   it with ORT's `session.x64quantprecision=1` (`compile_x64.py`), gated with the profile's tolerances
+   -- a diagnostic for CPUs without VNNI, marked as such and never counted towards the targets.
+4. Time every built artifact at batch 1 in the runtime and settings its manifest prescribes
    (`open_session(..., allow_cpu_equivalent=True)`: the GPU profiles run on the CPU here), together
-   with the baseline -- ORT FP32 of the source model (ORT_ENABLE_ALL) -- in the same process, each in
-   its own block (`--warmup` untimed runs, then up to `--runs` timed runs or `--block-max-s`), after a
-   `--pause-s` pause, in `--rounds` rounds whose order alternates. Every runtime gets `--threads`.
-   The ratio is the baseline's median over this artifact's median.
-4. Report per artifact: status, recipe, accuracy, accuracy drop and top-1 agreement against FP32 (the
-   compiler's own validation on the held-out set), latency p50/p10/p90 and the ratio; and every
-   attempt the gate rejected with its reasons.
+   with the baseline -- ORT FP32 of the source model (ORT_ENABLE_ALL) -- in the same process
+   (`compile_timing.py`): wall clock with `--threads` per runtime, each variant in its own block
+   (`--warmup` untimed runs, then up to `--runs` timed runs or `--block-max-s`) after a `--pause-s`
+   pause, in `--rounds` rounds whose order alternates; then the process CPU time per call of a
+   one-thread session (`--cpu-runs`), which other load on the machine does not inflate.
+   The headline ratio is the baseline's median over the artifact's median (wall clock).
+5. Report per artifact: status, recipe, accuracy, accuracy drop and top-1 agreement against FP32 (the
+   compiler's own validation on the held-out set), latency p50/p10/p90, the ratios (median, best
+   block, one-thread CPU time); and every attempt the gate rejected with its reasons.
 
 Targets (issue "model compiler", 2 cores): the best CPU INT8 artifact of the CNN >= 3x faster than
 ORT FP32 with <= 1 point top-1 accuracy drop; the encoder >= 2x with <= 1 point drop. The research
@@ -30,7 +35,7 @@ Exit codes: 0 done (whether or not the targets were met: see the report); 2 bad 
 3 a model could not be built or compiled at all.
 
 Usage: `python benchmarks/compile.py [--models resnet bert] [--image-size 112] [--bert-layers 4]
-[--rounds 5] [--runs 20] [--json-out benchmarks/results/compile.json]` (see `--help`).
+[--rounds 6] [--runs 15] [--json-out benchmarks/results/compile.json]` (see `--help`).
 """
 
 from __future__ import annotations
@@ -40,19 +45,18 @@ import datetime
 import importlib.metadata
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import msgspec
 import numpy as np
 from compile_models import BertShape, bert_digits, resnet18_digits
-from compile_x64 import PRECISION_OPTION, X64Check, check_x64_precision
+from compile_timing import CpuCost, Latency, Runnable, TimingPlan, cost, cpu_cost, latency, time_blocks
+from compile_x64 import PRECISION_OPTION, OrtOptionSession, X64Check, check_x64_precision
 
 from hardware_profiles.profile import QuantizationMethod
 from hardware_profiles.runtimes import ExecutionSettings, open_session
@@ -74,10 +78,6 @@ X64_REQUEST = f"diagnostic: {PRECISION_OPTION}"
 Event = tuple[float, str, str, str]  # (s since the model's compiles started, run label, profile, stage)
 
 
-class Runnable(Protocol):
-    def run(self, feeds: dict[str, Any]) -> dict[str, Any]: ...
-
-
 class Machine(msgspec.Struct, frozen=True, kw_only=True):
     cpu_model: str
     usable_cpus: int
@@ -87,15 +87,6 @@ class Machine(msgspec.Struct, frozen=True, kw_only=True):
     versions: dict[str, str]
     load_average_start: list[float]
     load_average_end: list[float]
-
-
-class Latency(msgspec.Struct, frozen=True, kw_only=True):
-    runs: int
-    p50_ms: float
-    p10_ms: float
-    p90_ms: float
-    speedup: float  # baseline p50 / this p50 (the headline ratio)
-    speedup_p10: float  # baseline p10 / this p10 (less sensitive to other load on the machine)
 
 
 class AttemptRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,7 +116,8 @@ class ArtifactRow(msgspec.Struct, frozen=True, kw_only=True):
     compiler_host_p50_ms: float | None  # the compiler's own latency probe (default threads)
     attempts: list[AttemptRow]
     is_compiler_output: bool = True  # False for the x64quantprecision diagnostic
-    latency: Latency | None = None
+    latency: Latency | None = None  # wall clock, --threads
+    cpu: CpuCost | None = None  # process CPU time, one thread
 
 
 class TargetCheck(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,6 +141,7 @@ class ModelReport(msgspec.Struct, frozen=True, kw_only=True):
     build_s: float
     compile_s: float
     baseline: Latency | None
+    baseline_cpu: CpuCost | None
     artifacts: list[ArtifactRow]
     target: TargetCheck
     events: list[Event]
@@ -188,13 +181,6 @@ class ModelSpec:
     target_speedup: float
 
 
-@dataclass(frozen=True, slots=True)
-class Variant:
-    key: str
-    path: Path
-    settings: ExecutionSettings
-
-
 def machine_info(start_load: list[float]) -> Machine:
     cpu_model, flags = "unknown", set[str]()
     try:
@@ -223,49 +209,7 @@ def machine_info(start_load: list[float]) -> Machine:
     )
 
 
-# --- timing --------------------------------------------------------------------------------------
-
-
-def time_blocks(
-    sessions: dict[str, Runnable],
-    feed: dict[str, np.ndarray],
-    args: argparse.Namespace,
-    budget: Budget,
-) -> dict[str, list[float]]:
-    """Batch-1 timings (ms) per session: one block per session per round, order alternating by round."""
-    timings: dict[str, list[float]] = {key: [] for key in sessions}
-    keys = list(sessions)
-    for round_index in range(args.rounds):
-        for key in keys if round_index % 2 == 0 else keys[::-1]:
-            if not budget.allows():
-                return timings
-            session = sessions[key]
-            time.sleep(args.pause_s)
-            for _ in range(args.warmup):
-                session.run(feed)
-            block_deadline = time.perf_counter() + args.block_max_s
-            for _ in range(args.runs):
-                started = time.perf_counter()
-                session.run(feed)
-                timings[key].append((time.perf_counter() - started) * 1000)
-                if time.perf_counter() >= block_deadline:
-                    break
-    return timings
-
-
-def latency(samples_ms: list[float], baseline: Latency | None) -> Latency | None:
-    if not samples_ms:
-        return None
-    p10, p90 = (float(q) for q in np.percentile(samples_ms, [10, 90]))
-    p50 = statistics.median(samples_ms)
-    return Latency(
-        runs=len(samples_ms),
-        p50_ms=round(p50, 3),
-        p10_ms=round(p10, 3),
-        p90_ms=round(p90, 3),
-        speedup=round((baseline.p50_ms if baseline else p50) / p50, 2),
-        speedup_p10=round((baseline.p10_ms if baseline else p10) / p10, 2),
-    )
+# --- sessions ------------------------------------------------------------------------------------
 
 
 def settings_from(manifest: ArtifactManifest, threads: int) -> ExecutionSettings:
@@ -413,6 +357,39 @@ def onnxruntime_version() -> str:
         return "?"
 
 
+Opener = Callable[[int], Runnable]  # opens one variant with this many threads
+
+
+def measure(
+    openers: dict[str, Opener], feed: dict[str, np.ndarray], args: argparse.Namespace, budget: Budget
+) -> tuple[dict[str, Latency], dict[str, CpuCost]]:
+    """Wall clock at --threads (all sessions open, blocks alternating), then one-thread CPU cost."""
+    sessions = {key: opener(args.threads) for key, opener in openers.items()}
+    plan = TimingPlan(args.rounds, args.runs, args.warmup, args.pause_s, args.block_max_s)
+    print(f"  timing {len(sessions)} variants: {args.rounds} rounds x {args.runs} runs", flush=True)
+    blocks = time_blocks(sessions, feed, plan, budget.allows)
+    del sessions  # stop their thread pools before the one-thread measurement
+    baseline = latency(blocks[BASELINE], args.threads, None)
+    wall = {key: latency(b, args.threads, baseline) for key, b in blocks.items()}
+    cpu_samples: dict[str, list[float]] = {}
+    if args.cpu_runs:
+        print(f"  CPU cost of {len(openers)} variants, one thread, {args.cpu_runs} runs", flush=True)
+    for key, opener in openers.items():
+        if not args.cpu_runs or not budget.allows():
+            break
+        session = opener(1)
+        cpu_samples[key] = cpu_cost(
+            session, feed, warmup=args.warmup, runs=args.cpu_runs, max_s=args.cpu_max_s
+        )
+        del session
+    baseline_cpu = cost(cpu_samples.get(BASELINE, []), None)
+    cpu = {key: cost(samples, baseline_cpu) for key, samples in cpu_samples.items()}
+    return (
+        {k: v for k, v in wall.items() if v is not None},
+        {k: v for k, v in cpu.items() if v is not None},
+    )
+
+
 def bench_model(spec: ModelSpec, work: Path, args: argparse.Namespace, budget: Budget) -> ModelReport:
     print(f"\n== {spec.name}: {spec.description}", flush=True)
     started = time.monotonic()
@@ -428,16 +405,14 @@ def bench_model(spec: ModelSpec, work: Path, args: argparse.Namespace, budget: B
     )
     results, events, compile_s = run_compiles(spec, saved, work, args, budget)
     rows = [artifact_row(r, label, events) for r, label in results]
-    sessions: dict[str, Runnable] = {
-        BASELINE: open_session(
-            saved.model_path, ExecutionSettings(runtime="onnxruntime", threads=args.threads)
+    openers: dict[str, Opener] = {
+        BASELINE: lambda t: open_session(
+            saved.model_path, ExecutionSettings(runtime="onnxruntime", threads=t)
         )
     }
     for (result, _), row in zip(results, rows, strict=True):
         if result.manifest is not None and result.artifact_dir is not None:
-            path = Path(result.artifact_dir) / result.manifest.model_file
-            settings = settings_from(result.manifest, args.threads)
-            sessions[_key(row)] = open_session(path, settings, allow_cpu_equivalent=True)
+            openers[_key(row)] = _manifest_opener(result.manifest, Path(result.artifact_dir))
     if args.x64_check and X64_PROFILE in args.profiles and budget.allows():
         print(
             f"  diagnostic: cpu-x86_64 {spec.default_method} artifact with {PRECISION_OPTION}=1", flush=True
@@ -452,14 +427,10 @@ def bench_model(spec: ModelSpec, work: Path, args: argparse.Namespace, budget: B
             args.threads,
         )
         rows.append(x64_row(check, time.monotonic() - check_started))
-        sessions[_key(rows[-1])] = check.session
+        openers[_key(rows[-1])] = lambda t: OrtOptionSession(check.artifact, t, {PRECISION_OPTION: "1"})
     feed = {sample.input_name: sample.validation[sample.input_name][:1]}
-    print(f"  timing {len(sessions)} variants: {args.rounds} rounds x {args.runs} runs", flush=True)
-    timings = time_blocks(sessions, feed, args, budget)
-    baseline = latency(timings[BASELINE], None)
-    rows = [
-        msgspec.structs.replace(row, latency=latency(timings.get(_key(row), []), baseline)) for row in rows
-    ]
+    wall, cpu = measure(openers, feed, args, budget)
+    rows = [msgspec.structs.replace(row, latency=wall.get(_key(row)), cpu=cpu.get(_key(row))) for row in rows]
     return ModelReport(
         name=spec.name,
         description=spec.description,
@@ -470,11 +441,20 @@ def bench_model(spec: ModelSpec, work: Path, args: argparse.Namespace, budget: B
         validation_samples=len(sample.validation["labels"]),
         build_s=build_s,
         compile_s=compile_s,
-        baseline=baseline,
+        baseline=wall.get(BASELINE),
+        baseline_cpu=cpu.get(BASELINE),
         artifacts=rows,
         target=check_target(rows, spec.target_speedup, args.max_drop_pt),
         events=events,
     )
+
+
+def _manifest_opener(manifest: ArtifactManifest, directory: Path) -> Opener:
+    def opener(threads: int) -> Runnable:
+        settings = settings_from(manifest, threads)
+        return open_session(directory / manifest.model_file, settings, allow_cpu_equivalent=True)
+
+    return opener
 
 
 def _key(row: ArtifactRow) -> str:
@@ -525,7 +505,7 @@ def _pct(value: float | None, digits: int = 2) -> str:
 
 ARTIFACT_HEADERS = (
     "ARTIFACT", "STATUS", "RECIPE", "PREC", "MB", "ACC %", "DROP PT", "AGREE %",
-    "P50 MS", "P10", "P90", "x FP32", "x (P10)", "COMPILE S",
+    "P50 MS", "P10", "P90", "x FP32", "x BEST BLK", "CPU MS 1T", "x CPU", "COMPILE S",
 )  # fmt: skip
 ATTEMPT_HEADERS = ("ARTIFACT", "ATTEMPT", "GATE", "ACC %", "DROP PT", "AGREE %", "COS", "MAX REL", "WHY")
 
@@ -550,7 +530,9 @@ def artifact_cells(row: ArtifactRow) -> list[object]:
         _num(lat.p10_ms if lat else None),
         _num(lat.p90_ms if lat else None),
         _num(lat.speedup if lat else None),
-        _num(lat.speedup_p10 if lat else None),
+        _num(lat.speedup_best_block if lat else None),
+        _num(row.cpu.cpu_ms if row.cpu else None),
+        _num(row.cpu.speedup if row.cpu else None),
         _num(row.compile_s, ".1f"),
     ]
 
@@ -584,10 +566,11 @@ def print_model(model: ModelReport) -> None:
     )
     rows: list[list[object]] = []
     if model.baseline:
-        b = model.baseline
+        b, c = model.baseline, model.baseline_cpu
         rows.append(
             [BASELINE, "-", "ORT_ENABLE_ALL", "fp32", f"{model.size_mb:.1f}", _pct(model.reference_accuracy),
-             "0.00", "100.00", _num(b.p50_ms), _num(b.p10_ms), _num(b.p90_ms), "1.00", "1.00", "-"]
+             "0.00", "100.00", _num(b.p50_ms), _num(b.p10_ms), _num(b.p90_ms), "1.00", "1.00",
+             _num(c.cpu_ms if c else None), "1.00", "-"]
         )  # fmt: skip
     rows += [artifact_cells(row) for row in model.artifacts]
     print(render_table(ARTIFACT_HEADERS, rows))
@@ -710,20 +693,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bert-layers", type=positive_int, default=4, help="encoder layers (BERT-base: 12)")
     parser.add_argument("--bert-seq", type=positive_int, default=128, help="encoder sequence length (>= 65)")
     parser.add_argument(
-        "--bert-calibration", type=positive_int, default=128, help="encoder calibration samples"
+        "--bert-calibration", type=positive_int, default=100, help="encoder calibration samples"
     )
     parser.add_argument(
         "--bert-validation", type=positive_int, default=200, help="encoder validation samples"
     )
-    parser.add_argument("--bert-train", type=positive_int, default=600, help="training images for the head")
+    parser.add_argument("--bert-train", type=positive_int, default=400, help="training images for the head")
     parser.add_argument("--threads", type=positive_int, default=2, help="threads for every runtime")
-    parser.add_argument("--rounds", type=positive_int, default=5, help="timing rounds (order alternates)")
-    parser.add_argument("--runs", type=positive_int, default=20, help="timed runs per block")
+    parser.add_argument("--rounds", type=positive_int, default=6, help="timing rounds (order alternates)")
+    parser.add_argument("--runs", type=positive_int, default=15, help="timed runs per block")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs before each block")
     parser.add_argument("--pause-s", type=float, default=0.3, help="pause before each timing block")
     parser.add_argument("--block-max-s", type=float, default=4.0, help="time limit of one timing block")
+    parser.add_argument(
+        "--cpu-runs",
+        type=int,
+        default=10,
+        help="runs per variant of the one-thread CPU-cost measurement (0: skip)",
+    )
+    parser.add_argument(
+        "--cpu-max-s", type=float, default=15.0, help="time limit of one CPU-cost measurement"
+    )
     parser.add_argument("--max-drop-pt", type=float, default=1.0, help="accuracy-drop limit of the targets")
-    parser.add_argument("--budget-s", type=float, default=1500.0, help="limit for the whole run")
+    parser.add_argument("--budget-s", type=float, default=2400.0, help="limit for the whole run")
     parser.add_argument("--work-dir", type=Path, help="keep models and artifacts here (default: a temp dir)")
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON, help="where to write the JSON report")
     return parser.parse_args(argv)

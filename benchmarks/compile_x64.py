@@ -60,7 +60,6 @@ class X64Check:
     artifact: Path
     comparison: Comparison
     reasons: list[str]
-    session: OrtOptionSession
 
 
 def _first_outputs(run: Any, samples: Samples) -> NDArray[Any]:
@@ -107,5 +106,4 @@ def check_x64_precision(
         artifact=build.onnx_path,
         comparison=comparison,
         reasons=gate(comparison, profile.validation),
-        session=session,
     )
