@@ -275,7 +275,11 @@ class _EmbeddedServer(uvicorn.Server):
 def _bind(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family)
+        listener = socket.create_server((host, port), family=family)
+        # Accepted connections inherit TCP_NODELAY on Linux. Without it every keep-alive response
+        # waited ~40 ms for the client's delayed ACK (Nagle), measured by benchmarks/agent.py.
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return listener
     except OSError as e:  # gaierror included
         raise HttpApiBindError(host, port, e.strerror or str(e)) from e
 
