@@ -26,7 +26,7 @@ from edge_agent.sources import ArtifactSource
 from edge_agent.store import InstalledModel, ModelStore
 from hardware_profiles.errors import ProfileError
 from model_compiler.errors import TargetNotFoundError, VerificationError
-from model_compiler.verification import ReleaseVerifier
+from model_compiler.verification import ReleaseVerifier, ResolvedTarget
 from protocols.errors import FabricError
 from protocols.manifest import MANIFEST_FILENAME, ArtifactManifest, manifest_decoder
 from protocols.messages import DesiredState, ErrorReport, ModelAssignment
@@ -158,26 +158,11 @@ class Reconciler:
         except TargetNotFoundError:
             return False
         target = resolved.target
-        archive = self.store.downloads / f"{target.sha256}.tar"
-        if not self.store.has_object(target.sha256):
-            needed = target.length * DISK_HEADROOM
-            if self.store.free_bytes() < needed:
-                raise InsufficientDiskError(self.store.root, needed, self.store.free_bytes())
-            fetched = await self.source.download(target, archive)
-            logger.info("downloaded %s: fetched %d of %d bytes now", target.path, fetched, target.length)
+        archive = await self._download(resolved)
         self.lifecycle.apply(name, "downloaded")
-        if not self.store.has_object(target.sha256):
-            await asyncio.to_thread(verifier.install, resolved, archive, self.store.object_dir(target.sha256))
-        self.store.record_signed_target(target)
-        archive.unlink(missing_ok=True)
+        installed = await self._unpack(verifier, resolved, archive)
         self.lifecycle.apply(name, "verified")
         self.lifecycle.apply(name, "installed")
-        installed = InstalledModel(
-            name=name,
-            directory=self.store.object_dir(target.sha256),
-            manifest=resolved_manifest(self.store, target.sha256),
-            signed=target,
-        )
         try:
             result = await asyncio.to_thread(run_acceptance, installed, threads=self.inference_threads)
         except (AgentError, ProfileError) as e:  # fails here: try the next profile of the chain
@@ -192,6 +177,34 @@ class Reconciler:
         await asyncio.to_thread(self.store.prune)
         logger.info("%s %s active (profile %s)", name, version, profile)
         return True
+
+    async def _download(self, resolved: ResolvedTarget) -> Path:
+        """The target's archive in `downloads/` (resumed if partial); nothing if already unpacked."""
+        target = resolved.target
+        archive = self.store.downloads / f"{target.sha256}.tar"
+        if not self.store.has_object(target.sha256):
+            needed = target.length * DISK_HEADROOM
+            if self.store.free_bytes() < needed:
+                raise InsufficientDiskError(self.store.root, needed, self.store.free_bytes())
+            fetched = await self.source.download(target, archive)
+            logger.info("downloaded %s: fetched %d of %d bytes now", target.path, fetched, target.length)
+        return archive
+
+    async def _unpack(
+        self, verifier: ReleaseVerifier, resolved: ResolvedTarget, archive: Path
+    ) -> InstalledModel:
+        """Verify the archive against its signed length and hashes and unpack it into the store."""
+        target = resolved.target
+        if not self.store.has_object(target.sha256):
+            await asyncio.to_thread(verifier.install, resolved, archive, self.store.object_dir(target.sha256))
+        self.store.record_signed_target(target)
+        await asyncio.to_thread(archive.unlink, missing_ok=True)
+        return InstalledModel(
+            name=resolved.model,
+            directory=self.store.object_dir(target.sha256),
+            manifest=resolved_manifest(self.store, target.sha256),
+            signed=target,
+        )
 
     async def _ensure_shadow(self, assignment: ModelAssignment) -> None:
         """Shadow releases are verified and tested like active ones but never become current."""
@@ -208,21 +221,7 @@ class Reconciler:
                     )
                 except TargetNotFoundError:
                     continue
-                target = resolved.target
-                if not self.store.has_object(target.sha256):
-                    archive = self.store.downloads / f"{target.sha256}.tar"
-                    await self.source.download(target, archive)
-                    await asyncio.to_thread(
-                        verifier.install, resolved, archive, self.store.object_dir(target.sha256)
-                    )
-                    archive.unlink(missing_ok=True)
-                self.store.record_signed_target(target)
-                installed = InstalledModel(
-                    name=name,
-                    directory=self.store.object_dir(target.sha256),
-                    manifest=resolved_manifest(self.store, target.sha256),
-                    signed=target,
-                )
+                installed = await self._unpack(verifier, resolved, await self._download(resolved))
                 result = await asyncio.to_thread(run_acceptance, installed, threads=self.inference_threads)
                 await self.server.set_shadow(name, ServedModel(name, installed.manifest, result.session))
                 return
