@@ -12,12 +12,19 @@ Invariants:
   a 4xx, never a 500.
 - The app holds no global state: everything it uses comes from `config` and `services`, so tests
   build as many independent apps as they like.
+- The app's lifespan owns the broker connection and the background workers: on startup it connects
+  `services.bus` (when there is one), provisions JetStream and starts every worker in order; on
+  shutdown it stops them in reverse order and closes the connection. Routes that need the broker
+  answer 503 when the control plane runs without one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from typing import Protocol
 
 from litestar import Litestar, Router
 from litestar.di import Provide
@@ -44,6 +51,7 @@ from control_plane.web.errors import EXCEPTION_HANDLERS
 from control_plane.web.metrics import HttpMetrics, MetricsMiddleware, serve_metrics
 from control_plane.web.pagination import page_request
 from control_plane.web.rate_limit import KeyKind, RateLimitMiddleware, TokenBucketLimiter
+from protocols.transports.nats_bus import NatsBus
 
 API_PREFIX = "/api/v1"
 
@@ -55,17 +63,52 @@ def package_version() -> str:
         return "unknown"
 
 
+class BackgroundWorker(Protocol):
+    """Work that runs beside the API for the app's lifetime (ingest, compile jobs, state watches)."""
+
+    async def start(self) -> None:
+        """Begin working; return once running (long work continues in tasks of its own)."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop promptly and release everything; safe to call after a failed `start`."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoints:
+    """Where clients reach this control plane (known once the socket and the broker are up)."""
+
+    api_url: str
+    nats_url: str | None = None
+    mqtt_url: str | None = None
+
+
 @dataclass(frozen=True)
 class Services:
-    """The services behind the routes, built once per process over one database."""
+    """The services behind the routes, built once per process over one database.
+
+    `bus` is the control plane's own broker connection (None: run without a broker, e.g. in API
+    tests); it is connected by the app's lifespan, not here. `workers` run beside the API.
+    """
 
     tokens: TokenService
     audit: AuditService
     health: HealthService
     registry: RegistryService
+    bus: NatsBus | None = None
+    workers: tuple[BackgroundWorker, ...] = field(default=())
 
     @classmethod
-    def build(cls, config: ControlPlaneConfig, db: Database, clock: Clock) -> Services:
+    def build(
+        cls,
+        config: ControlPlaneConfig,
+        db: Database,
+        clock: Clock,
+        *,
+        bus: NatsBus | None = None,
+        endpoints: Endpoints | None = None,
+    ) -> Services:
         audit = AuditService(db, clock)
         tokens = TokenService(
             db,
@@ -79,7 +122,22 @@ class Services:
             audit=audit,
             health=HealthService(db, version=package_version()),
             registry=RegistryService(db, BlobStore(config.blob_dir), audit, clock),
+            bus=bus,
+            workers=(),
         )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
+        """Connect the bus (and provision JetStream), start the workers; undo both on the way out."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self.bus is not None:
+                await self.bus.connect()
+                stack.push_async_callback(self.bus.close)
+                await self.bus.provision()
+            for worker in self.workers:
+                stack.push_async_callback(worker.stop)
+                await worker.start()
+            yield
 
 
 def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock | None = None) -> Litestar:
@@ -115,10 +173,13 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             DefineMiddleware(MetricsMiddleware, metrics=metrics),
             DefineMiddleware(BodySizeLimitMiddleware, max_body_bytes=config.max_body_bytes),
             rate_limit("ip", config.rate_limit_per_ip),
-            DefineMiddleware(BearerTokenMiddleware, tokens=services.tokens, exclude=["^/schema"]),
+            DefineMiddleware(
+                BearerTokenMiddleware, tokens=services.tokens, devices=None, exclude=["^/schema"]
+            ),
             rate_limit("identity", config.rate_limit_per_identity),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[services.lifespan],
         openapi_config=OpenAPIConfig(
             title="EdgeFabric control plane",
             version=package_version(),

@@ -2,9 +2,9 @@
 
 Start, in order: data dir (mode 0700: database migrated, blob dir) -> API socket bound (a busy port
 fails before anything else starts) -> broker (the embedded nats-server under `<data_dir>/broker`,
-unless `config.nats_url`) -> JetStream provisioning (`NatsBus.provision`) -> the admin token on first
-start -> uvicorn serving -> mDNS advertisement -> `on_ready`. Stop (SIGTERM, SIGINT or
-`exit_after_s`) undoes it in reverse order.
+unless `config.nats_url`) -> the admin token on first start -> uvicorn serving (its lifespan
+connects the broker, provisions JetStream and starts the background workers) -> mDNS advertisement
+-> `on_ready`. Stop (SIGTERM, SIGINT or `exit_after_s`) undoes it in reverse order.
 
 Invariants:
 - The admin token is issued once per data dir: on a database without tokens, written to
@@ -32,7 +32,7 @@ import uvicorn
 from litestar import Litestar
 from sqlite_utils import Database
 
-from control_plane.app import Services, create_app
+from control_plane.app import Endpoints, Services, create_app
 from control_plane.broker import EmbeddedBroker
 from control_plane.clock import SystemClock
 from control_plane.config import ControlPlaneConfig
@@ -91,13 +91,18 @@ def run(
             nats_url, mqtt_url = broker.nats_url, broker.mqtt_url
         else:
             nats_url, mqtt_url = config.nats_url, None
-        asyncio.run(_provision(nats_url))
-        services = Services.build(config, db, SystemClock())
+        api_url = f"http://{_url_host(advertised_addresses(config.host)[0])}:{sock.getsockname()[1]}"
+        services = Services.build(
+            config,
+            db,
+            SystemClock(),
+            bus=NatsBus(nats_url, name="edgefabric-control-plane"),
+            endpoints=Endpoints(api_url=api_url, nats_url=nats_url, mqtt_url=mqtt_url),
+        )
         created = services.tokens.bootstrap_admin(
             ttl_days=config.bootstrap_token_ttl_days,
             keep=lambda token: write_atomic(config.admin_token_path, f"{token}\n".encode(), mode=0o600),
         )
-        api_url = f"http://{_url_host(advertised_addresses(config.host)[0])}:{sock.getsockname()[1]}"
         ready = Ready(
             api_url=api_url,
             nats_url=nats_url,
@@ -107,11 +112,6 @@ def run(
             admin_token_path=config.admin_token_path,
         )
         asyncio.run(_serve(config, create_app(config, services), sock, ready, on_ready, exit_after_s))
-
-
-async def _provision(nats_url: str) -> None:
-    async with NatsBus(nats_url, name="edgefabric-control-plane") as bus:
-        await bus.provision()
 
 
 class BrokerPorts(msgspec.Struct, frozen=True, kw_only=True):

@@ -69,6 +69,21 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
         return Actor(id=self.token_id, name=self.name)
 
 
+class DeviceIdentity(msgspec.Struct, frozen=True, kw_only=True):
+    """The caller behind a valid device credential (`efd_...`): an enrolled, unrevoked device.
+
+    A device may call only routes declared with `control_plane.auth.access.DEVICE_ROUTE`, and on
+    those only objects of its own (the route checks `device_id`).
+    """
+
+    device_id: str
+    profile: str
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(id=f"device:{self.device_id}", name=self.device_id)
+
+
 class TokenRecord(msgspec.Struct, frozen=True, kw_only=True):
     """A row of `api_tokens` (internal: it carries the hash)."""
 
