@@ -49,6 +49,10 @@ class ControlPlaneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     bootstrap_token_ttl_days: Days | None = None
     """Lifetime of the admin token created on first start; None: until revoked."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    max_upload_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 2 * 1024**3
+    """The body limit of upload routes (`POST /api/v1/models`); every other route has `max_body_bytes`."""
+    compile_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    """A compile job still running after this long is stopped and fails."""
     rate_limit_per_ip: RateLimit = RateLimit(burst=200, per_s=50.0)
     rate_limit_per_identity: RateLimit = RateLimit(burst=100, per_s=20.0)
     rate_limit_sensitive: RateLimit = RateLimit(burst=20, per_s=0.5)
@@ -69,6 +73,11 @@ class ControlPlaneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
         return self.data_path / "blobs"
 
     @property
+    def build_dir(self) -> Path:
+        """Compile job outputs: `<job_id>/<profile>/` and each job's worker log `<job_id>.log`."""
+        return self.data_path / "builds"
+
+    @property
     def broker_dir(self) -> Path:
         return self.data_path / "broker"
 
@@ -77,7 +86,16 @@ class ControlPlaneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
         return self.data_path / "admin.token"
 
 
-_SCALAR_FIELDS = ("data_dir", "host", "port", "nats_url", "advertise", "max_body_bytes")
+_SCALAR_FIELDS = (
+    "data_dir",
+    "host",
+    "port",
+    "nats_url",
+    "advertise",
+    "max_body_bytes",
+    "max_upload_bytes",
+    "compile_timeout_s",
+)
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:

@@ -91,7 +91,55 @@ def _0003_model_versions(db: Database) -> None:
     db.execute("CREATE INDEX model_versions_created_at ON model_versions (model, created_at)")
 
 
-MIGRATIONS: Sequence[Migration] = (_0001_api_tokens, _0002_audit_log, _0003_model_versions)
+def _0004_compile_jobs(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE compile_jobs (
+            id TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            quantization TEXT CHECK (quantization IN ('static-qdq', 'dynamic')),
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'interrupted')),
+            reason TEXT,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            FOREIGN KEY (model, version) REFERENCES model_versions (model, version)
+        )
+        """
+    )
+    db.execute("CREATE INDEX compile_jobs_created_at ON compile_jobs (created_at, id)")
+    db.execute("CREATE INDEX compile_jobs_state ON compile_jobs (state, created_at)")
+    db.execute("CREATE INDEX compile_jobs_model_version ON compile_jobs (model, version, created_at)")
+    db.execute(
+        """
+        CREATE TABLE compile_job_profiles (
+            job_id TEXT NOT NULL REFERENCES compile_jobs (id),
+            position INTEGER NOT NULL,
+            profile TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'built', 'rejected', 'failed')),
+            stage TEXT,
+            reason TEXT,
+            precision TEXT,
+            recipe TEXT,
+            validation TEXT,
+            host_latency TEXT,
+            size_bytes INTEGER,
+            PRIMARY KEY (job_id, position),
+            UNIQUE (job_id, profile)
+        )
+        """
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (
+    _0001_api_tokens,
+    _0002_audit_log,
+    _0003_model_versions,
+    _0004_compile_jobs,
+)
 
 
 def db_time(moment: datetime) -> str:
