@@ -49,7 +49,9 @@ from control_plane.system.services import HealthService
 from control_plane.web.body_limit import BodySizeLimitMiddleware
 from control_plane.web.errors import EXCEPTION_HANDLERS
 from control_plane.web.metrics import HttpMetrics, MetricsMiddleware, serve_metrics
+from control_plane.web.options import OptionsMiddleware
 from control_plane.web.pagination import page_request
+from control_plane.web.query_params import QueryParameterMiddleware
 from control_plane.web.rate_limit import KeyKind, RateLimitMiddleware, TokenBucketLimiter
 from protocols.transports.nats_bus import NatsBus
 
@@ -177,6 +179,8 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
                 BearerTokenMiddleware, tokens=services.tokens, devices=None, exclude=["^/schema"]
             ),
             rate_limit("identity", config.rate_limit_per_identity),
+            OptionsMiddleware,
+            QueryParameterMiddleware,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[services.lifespan],

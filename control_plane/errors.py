@@ -64,6 +64,19 @@ class InvalidArgumentError(ControlPlaneError):
         self.reason = reason
 
 
+class InvalidQueryError(ControlPlaneError):
+    """The query string names parameters the route does not accept (a typo must not be ignored)."""
+
+    status_code = 400
+    code = "invalid_request"
+
+    def __init__(self, unknown: list[str], accepted: list[str]) -> None:
+        known = ", ".join(accepted) if accepted else "none"
+        super().__init__(f"unknown query parameter(s) {', '.join(map(repr, unknown))}; accepted: {known}")
+        self.unknown = unknown
+        self.accepted = accepted
+
+
 class AuthenticationError(ControlPlaneError):
     """No credential, or one that is malformed, unknown, expired or revoked."""
 

@@ -70,7 +70,9 @@ class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
         devices: DeviceAuthenticator | None,
         exclude: list[str],
     ) -> None:
-        super().__init__(app, exclude=exclude, exclude_from_auth_key=PUBLIC_KEY)
+        # Every method is authenticated: Litestar would skip OPTIONS and HEAD by default, and its
+        # automatic OPTIONS handler would then reach the role guard without a user.
+        super().__init__(app, exclude=exclude, exclude_from_auth_key=PUBLIC_KEY, exclude_http_methods=[])
         self._tokens = tokens
         self._devices = devices
 
@@ -93,7 +95,7 @@ def role_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRout
     if handler.opt.get(PUBLIC_KEY):
         return
     required = handler.opt.get(ROLE_KEY, Role.ADMIN)
-    identity = connection.user
+    identity = connection.scope.get("user")
     if isinstance(identity, DeviceIdentity):
         if not handler.opt.get(DEVICE_KEY):
             raise PermissionDeniedError(required.value, "device")

@@ -5,6 +5,7 @@
   `invalid_request`, with one entry in `fields` per problem.
 - Other Litestar `HTTPException`s (no such route, method not allowed, body over the limit): their
   status, with a code derived from it.
+- `UnicodeDecodeError` (Litestar decodes multipart text fields as UTF-8 while parsing): 400.
 - Anything else is a bug: logged with its traceback, answered 500 `internal_error` without details.
 
 Invariant: every error response has this JSON shape and is documented in the OpenAPI schema through
@@ -101,6 +102,13 @@ def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[E
     return _respond(status, ErrorBody(error=code, detail=exc.detail), exc.headers)
 
 
+def _undecodable_text(_: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[ErrorBody]:
+    """A text field of the body (e.g. a multipart form field) that is not UTF-8: the client's fault."""
+    return _respond(
+        400, ErrorBody(error="invalid_request", detail=f"request text is not UTF-8: {exc.reason}")
+    )
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     logger.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
     return _respond(500, ErrorBody(error="internal_error", detail="internal error; see the server log"))
@@ -110,5 +118,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ControlPlaneError: _control_plane_error,
     ValidationException: _validation_error,
     HTTPException: _http_exception,
+    UnicodeDecodeError: _undecodable_text,
     Exception: _unexpected,
 }

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from litestar.params import QueryParameter
 
-from control_plane.pagination import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, PageRequest
+from control_plane.pagination import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET, PageRequest
 
 
 def page_request(
     limit: Annotated[
         int, QueryParameter(ge=1, le=MAX_PAGE_LIMIT, description=f"page size, at most {MAX_PAGE_LIMIT}")
     ] = DEFAULT_PAGE_LIMIT,
-    offset: Annotated[int, QueryParameter(ge=0, description="items to skip")] = 0,
+    offset: Annotated[int, QueryParameter(ge=0, le=MAX_PAGE_OFFSET, description="items to skip")] = 0,
 ) -> PageRequest:
     return PageRequest(limit=limit, offset=offset)
