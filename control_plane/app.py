@@ -44,6 +44,10 @@ from control_plane.config import ControlPlaneConfig, RateLimit
 from control_plane.registry.blobs import BlobStore
 from control_plane.registry.controllers import ModelController
 from control_plane.registry.services import RegistryService
+from control_plane.releases.controllers import ReleaseController, TufController
+from control_plane.releases.refresher import TimestampRefresher
+from control_plane.releases.services import BuiltArtifacts, ReleaseService
+from control_plane.releases.signer import ReleaseSigner
 from control_plane.system.controllers import check_health
 from control_plane.system.services import HealthService
 from control_plane.web.body_limit import BodySizeLimitMiddleware
@@ -92,12 +96,15 @@ class Services:
 
     `bus` is the control plane's own broker connection (None: run without a broker, e.g. in API
     tests); it is connected by the app's lifespan, not here. `workers` run beside the API.
+    `build(..., artifacts=)` is where releases take compiled artifacts from (None: creating a
+    release answers 503).
     """
 
     tokens: TokenService
     audit: AuditService
     health: HealthService
     registry: RegistryService
+    releases: ReleaseService
     bus: NatsBus | None = None
     workers: tuple[BackgroundWorker, ...] = field(default=())
 
@@ -110,6 +117,7 @@ class Services:
         *,
         bus: NatsBus | None = None,
         endpoints: Endpoints | None = None,
+        artifacts: BuiltArtifacts | None = None,
     ) -> Services:
         audit = AuditService(db, clock)
         tokens = TokenService(
@@ -119,13 +127,22 @@ class Services:
             default_ttl_days=config.default_token_ttl_days,
             max_ttl_days=config.max_token_ttl_days,
         )
+        releases = ReleaseService(
+            db,
+            ReleaseSigner.open_or_create(config.tuf_dir, clock.now()),
+            audit,
+            clock,
+            artifacts=artifacts,
+            bus=bus,
+        )
         return cls(
             tokens=tokens,
             audit=audit,
             health=HealthService(db, version=package_version()),
             registry=RegistryService(db, BlobStore(config.blob_dir), audit, clock),
+            releases=releases,
             bus=bus,
-            workers=(),
+            workers=(TimestampRefresher(releases, check_interval_s=config.timestamp_check_interval_s),),
         )
 
     @contextlib.asynccontextmanager
@@ -158,7 +175,15 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
 
     api = Router(
         path=API_PREFIX,
-        route_handlers=[check_health, who_am_i, TokenController, list_audit, ModelController],
+        route_handlers=[
+            check_health,
+            who_am_i,
+            TokenController,
+            list_audit,
+            ModelController,
+            ReleaseController,
+            TufController,
+        ],
         guards=[role_guard],
     )
     return Litestar(
@@ -168,6 +193,7 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             "audit": Provide(lambda: services.audit, sync_to_thread=False),
             "health": Provide(lambda: services.health, sync_to_thread=False),
             "registry": Provide(lambda: services.registry, sync_to_thread=False),
+            "releases": Provide(lambda: services.releases, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, sync_to_thread=False),
             "page": Provide(page_request, sync_to_thread=False),
         },

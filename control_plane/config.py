@@ -58,6 +58,8 @@ class ControlPlaneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     rate_limit_sensitive: RateLimit = RateLimit(burst=20, per_s=0.5)
     """Applied per IP and per identity, on top of the others, to `sensitive_paths`."""
     sensitive_paths: tuple[str, ...] = ("/api/v1/tokens",)
+    timestamp_check_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    """How often the TUF timestamp's expiry is checked (it is re-signed at half its lifetime)."""
 
     @property
     def data_path(self) -> Path:
@@ -71,6 +73,11 @@ class ControlPlaneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     def blob_dir(self) -> Path:
         """Content-addressed blobs (models, artifacts)."""
         return self.data_path / "blobs"
+
+    @property
+    def tuf_dir(self) -> Path:
+        """The release signer's TUF repository (metadata, signing keys, artifact archives)."""
+        return self.data_path / "tuf"
 
     @property
     def build_dir(self) -> Path:

@@ -134,11 +134,49 @@ def _0004_compile_jobs(db: Database) -> None:
     )
 
 
+def _0005_releases(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE releases (
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            model_counter INTEGER NOT NULL,
+            targets_version INTEGER NOT NULL,
+            compile_job_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            PRIMARY KEY (model, version),
+            UNIQUE (model, model_counter)
+        )
+        """
+    )
+    db.execute("CREATE INDEX releases_created_at ON releases (created_at)")
+    db.execute(
+        """
+        CREATE TABLE release_targets (
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            hw_profile TEXT NOT NULL,
+            target_path TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            precision TEXT NOT NULL,
+            reference_histogram TEXT NOT NULL,
+            host_latency TEXT NOT NULL,
+            PRIMARY KEY (model, version, hw_profile),
+            FOREIGN KEY (model, version) REFERENCES releases (model, version)
+        )
+        """
+    )
+    db.execute("CREATE INDEX release_targets_sha256 ON release_targets (sha256)")
+
+
 MIGRATIONS: Sequence[Migration] = (
     _0001_api_tokens,
     _0002_audit_log,
     _0003_model_versions,
     _0004_compile_jobs,
+    _0005_releases,
 )
 
 

@@ -61,7 +61,9 @@ def add_signing_commands(subparsers: argparse._SubParsersAction[_Parser]) -> Non
     rotate.add_argument("--replace-targets-keys", action="store_true", help="also replace the targets keys")
     _command(keys, "resign-timestamp", "re-sign the online timestamp (and snapshot when due)", _resign)
 
-    release = _group(subparsers, "release", "sign, verify and bundle model releases")
+    release = _group(
+        subparsers, "release", "sign, verify and bundle releases in a local TUF repository (offline)"
+    )
     sign = _command(release, "sign", "sign every <profile>/ artifact of a compile output", _sign)
     sign.add_argument("out_dir", metavar="OUT_DIR")
     _add_release_id(sign)

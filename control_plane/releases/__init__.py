@@ -1,0 +1,1 @@
+"""Releases: signing compiled model versions into the control plane's TUF repository and serving it."""
