@@ -40,6 +40,9 @@ from control_plane.auth.access import SECURITY_SCHEMES, BearerTokenMiddleware, r
 from control_plane.auth.controllers import TokenController, who_am_i
 from control_plane.auth.services import TokenService
 from control_plane.clock import Clock, SystemClock
+from control_plane.compile_jobs.controllers import CompileJobController, start_compile
+from control_plane.compile_jobs.runner import CompileJobRunner
+from control_plane.compile_jobs.services import CompileJobService
 from control_plane.config import ControlPlaneConfig, RateLimit
 from control_plane.registry.blobs import BlobStore
 from control_plane.registry.controllers import ModelController
@@ -104,6 +107,7 @@ class Services:
     audit: AuditService
     health: HealthService
     registry: RegistryService
+    compile_jobs: CompileJobService
     releases: ReleaseService
     bus: NatsBus | None = None
     workers: tuple[BackgroundWorker, ...] = field(default=())
@@ -135,14 +139,21 @@ class Services:
             artifacts=artifacts,
             bus=bus,
         )
+        blobs = BlobStore(config.blob_dir)
+        registry = RegistryService(db, blobs, audit, clock)
+        compile_jobs = CompileJobService(db, registry, blobs, audit, clock, build_dir=config.build_dir)
         return cls(
             tokens=tokens,
             audit=audit,
             health=HealthService(db, version=package_version()),
-            registry=RegistryService(db, BlobStore(config.blob_dir), audit, clock),
+            registry=registry,
+            compile_jobs=compile_jobs,
             releases=releases,
             bus=bus,
-            workers=(TimestampRefresher(releases, check_interval_s=config.timestamp_check_interval_s),),
+            workers=(
+                TimestampRefresher(releases, check_interval_s=config.timestamp_check_interval_s),
+                CompileJobRunner(compile_jobs, timeout_s=config.compile_timeout_s),
+            ),
         )
 
     @contextlib.asynccontextmanager
@@ -181,6 +192,8 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             TokenController,
             list_audit,
             ModelController,
+            start_compile,
+            CompileJobController,
             ReleaseController,
             TufController,
         ],
@@ -193,13 +206,18 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             "audit": Provide(lambda: services.audit, sync_to_thread=False),
             "health": Provide(lambda: services.health, sync_to_thread=False),
             "registry": Provide(lambda: services.registry, sync_to_thread=False),
+            "compile_jobs": Provide(lambda: services.compile_jobs, sync_to_thread=False),
             "releases": Provide(lambda: services.releases, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, sync_to_thread=False),
             "page": Provide(page_request, sync_to_thread=False),
         },
         middleware=[
             DefineMiddleware(MetricsMiddleware, metrics=metrics),
-            DefineMiddleware(BodySizeLimitMiddleware, max_body_bytes=config.max_body_bytes),
+            DefineMiddleware(
+                BodySizeLimitMiddleware,
+                max_body_bytes=config.max_body_bytes,
+                max_upload_bytes=config.max_upload_bytes,
+            ),
             rate_limit("ip", config.rate_limit_per_ip),
             DefineMiddleware(
                 BearerTokenMiddleware, tokens=services.tokens, devices=None, exclude=["^/schema"]
@@ -217,7 +235,7 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             render_plugins=[JsonRenderPlugin()],
             components=Components(security_schemes=SECURITY_SCHEMES),
         ),
-        request_max_body_size=config.max_body_bytes,
+        request_max_body_size=max(config.max_body_bytes, config.max_upload_bytes),  # see body_limit
         logging_config=None,  # the CLI configures logging once; the app must not reconfigure it
         debug=False,
     )

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from control_plane.auth.cli import add_token_commands
 from control_plane.broker import EmbeddedBroker
+from control_plane.compile_jobs.cli import add_compile_commands
 from control_plane.config import DEFAULT_PORT, load_config
 from control_plane.registry.cli import add_model_commands
 from control_plane.releases.cli import add_release_commands
-from model_compiler.cli import add_compile_command
 from model_compiler.signing.cli import add_signing_commands
 from protocols.cli_support import EXIT_OK, OneLineArgumentParser, run_cli
 
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_token_commands(commands, os.environ)
     add_model_commands(commands, os.environ)
     add_release_commands(commands, os.environ)
-    add_compile_command(commands)
+    add_compile_commands(commands, os.environ)
     add_signing_commands(commands)
     return parser
 

@@ -113,7 +113,7 @@ class ApiClient:
                 raise ApiClientError(
                     url,
                     f"the API closed the connection during the upload of {body.size} bytes; "
-                    "it is most likely over the server's request body limit (max_body_bytes)",
+                    "it is most likely over the server's upload limit (max_upload_bytes)",
                 ) from e
             raise
 

@@ -1,7 +1,8 @@
-"""`edgefabric compile`: one ONNX in, a validated artifact per hardware profile out.
+"""`edgefabric compile local`: one ONNX in, a validated artifact per hardware profile out.
 
-Registered on the `edgefabric` command line by `add_compile_command`; works without a control
-plane. Exit code 1 when any requested profile did not build (each says why in the summary).
+Registered under the `edgefabric compile` group by `add_local_compile_command`; works without a
+control plane (`compile start|status` are the control plane's compile jobs). Exit code 1 when any
+requested profile did not build (each says why in the summary).
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ def _compile(args: argparse.Namespace) -> int:
     return EXIT_OK if report.is_success else EXIT_FAILED
 
 
-def add_compile_command(commands: argparse._SubParsersAction[Any]) -> None:
-    parser = commands.add_parser(
-        "compile", help="compile an ONNX model for hardware profiles, validate every build against it"
+def add_local_compile_command(actions: argparse._SubParsersAction[Any]) -> None:
+    parser = actions.add_parser(
+        "local", help="compile an ONNX file here for hardware profiles, validate every build against it"
     )
     parser.add_argument("model", metavar="MODEL.onnx")
     parser.add_argument(

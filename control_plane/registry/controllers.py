@@ -1,8 +1,8 @@
 """`/api/v1/models`: upload (operator) and read (viewer) model versions; thin adapters over `RegistryService`.
 
 Uploads are multipart: Litestar spools each file part to a temporary file (on disk past 1 MiB), so a
-large model is not held in memory; the whole request is capped by the server's `max_body_bytes`
-(413 beyond it).
+large model is not held in memory; the whole request is capped by the server's `max_upload_bytes`
+(413 beyond it; every other route keeps the smaller `max_body_bytes`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from control_plane.registry._ranges import byte_range
 from control_plane.registry.blobs import CHUNK_BYTES
 from control_plane.registry.schemas import ModelPage, ModelVersionInfo, ModelVersionPage
 from control_plane.registry.services import RegistryService
+from control_plane.web.body_limit import UPLOAD_ROUTE
 from control_plane.web.errors import error_responses
 
 AuthedRequest = Request[Identity, Any, Any]
@@ -56,7 +57,7 @@ class ModelController(Controller):
     @post(
         "/",
         status_code=201,
-        opt=requires(Role.OPERATOR),
+        opt={**requires(Role.OPERATOR), **UPLOAD_ROUTE},
         responses=error_responses(400, 401, 403, 409, 413, 422, 429),
     )
     async def upload_model(

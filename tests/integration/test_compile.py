@@ -176,6 +176,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_reports_each_profile_and_fails_when_one_did_not_build(cnn: SavedSample, tmp_path: Path) -> None:
     result = run_cli(
         "compile",
+        "local",
         str(cnn.model_path),
         "--profile",
         "cpu-x86_64",
@@ -202,6 +203,7 @@ def test_cli_reports_each_profile_and_fails_when_one_did_not_build(cnn: SavedSam
 def test_cli_prints_a_summary_table(cnn: SavedSample, tmp_path: Path) -> None:
     result = run_cli(
         "compile",
+        "local",
         str(cnn.model_path),
         "--profile",
         "nvidia-gpu",
@@ -218,6 +220,8 @@ def test_cli_prints_a_summary_table(cnn: SavedSample, tmp_path: Path) -> None:
 
 def test_cli_refuses_a_broken_model_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.onnx").write_text("nope")
-    result = run_cli("compile", str(tmp_path / "bad.onnx"), "--profile", "cpu-x86_64", "--out", str(tmp_path))
+    result = run_cli(
+        "compile", "local", str(tmp_path / "bad.onnx"), "--profile", "cpu-x86_64", "--out", str(tmp_path)
+    )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "bad.onnx" in result.stderr

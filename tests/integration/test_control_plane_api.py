@@ -109,6 +109,9 @@ ACCESS: dict[tuple[str, str], Role | None] = {
     ("GET", "/api/v1/models/{name}/versions"): Role.VIEWER,
     ("GET", "/api/v1/models/{name}/versions/{version}"): Role.VIEWER,
     ("GET", "/api/v1/models/{name}/versions/{version}/download"): Role.VIEWER,
+    ("POST", "/api/v1/models/{name}/versions/{version}/compile"): Role.OPERATOR,
+    ("GET", "/api/v1/compile-jobs"): Role.VIEWER,
+    ("GET", "/api/v1/compile-jobs/{job_id}"): Role.VIEWER,
     ("GET", "/api/v1/releases"): Role.VIEWER,
     ("POST", "/api/v1/releases"): Role.OPERATOR,
     ("GET", "/api/v1/releases/{model}/{version}"): Role.VIEWER,
@@ -117,12 +120,17 @@ ACCESS: dict[tuple[str, str], Role | None] = {
 }
 PLACEHOLDERS = {
     "{token_id}": UNKNOWN_ID,
+    "{job_id}": UNKNOWN_ID,
     "{name}": "no-such-model",
     "{version}": "1",
     "{model}": "no-such-model",
     "{file}": "1.root.json",
 }
-NO_BODY_STATUS = {("POST", "/api/v1/models"): 400, ("POST", "/api/v1/releases"): 400}
+NO_BODY_STATUS = {
+    ("POST", "/api/v1/models"): 400,
+    ("POST", "/api/v1/releases"): 400,
+    ("POST", "/api/v1/models/{name}/versions/{version}/compile"): 400,
+}
 """Routes the matrix calls without the body they need: an admitted caller gets this status."""
 CALLERS = [None, Role.VIEWER, Role.OPERATOR, Role.ADMIN]
 

@@ -207,7 +207,7 @@ def test_upload_without_a_model_file_is_a_bad_request(api: Api) -> None:
 
 
 def test_upload_over_the_body_limit_is_refused(tmp_path: Path, sample: SavedSample) -> None:
-    for small in _api(tmp_path, max_body_bytes=4096):
+    for small in _api(tmp_path, max_upload_bytes=4096):
         refused = upload(small, "digits", sample.model_path.read_bytes())
         assert_error(refused, 413, "request_too_large")
         assert small.call("GET", "/api/v1/models", Role.VIEWER).json()["total"] == 0

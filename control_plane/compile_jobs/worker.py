@@ -1,0 +1,92 @@
+"""`python -m control_plane.compile_jobs.worker`: one compile job, in a process of its own.
+
+`CompileJobRunner` starts one per job, so compiler code never runs in the control plane's process:
+a toolchain that crashes, leaks or holds the GIL takes down or slows only this process. It reads
+its `WorkerRequest` from stdin and reports on stdout (see `messages` for the protocol), runs
+`model_compiler.compiler.compile_model` and exits.
+
+Exit codes: 0 reported `Finished`; 1 reported `Failed` (or crashed before reporting); 3 its stdin
+closed (the control plane is gone), so it stopped without finishing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import msgspec
+
+from control_plane.compile_jobs.messages import (
+    Failed,
+    Finished,
+    Progressed,
+    WorkerMessage,
+    request_decoder,
+)
+from control_plane.compile_jobs.schemas import ProfileBuild
+from model_compiler.compiler import CompileRequest, ProfileResult, compile_model
+from protocols.cli_support import EXIT_FAILED, EXIT_OK
+from protocols.errors import FabricError
+
+EXIT_ORPHANED = 3
+_encoder = msgspec.json.Encoder()
+
+
+def build_of(result: ProfileResult) -> ProfileBuild:
+    """What the API shows of one profile's compile result (metrics from its last attempt)."""
+    attempt = result.attempts[-1] if result.attempts else None
+    manifest = result.manifest
+    recipe = None if attempt is None else f"{attempt.recipe}: {attempt.quantization}"
+    return ProfileBuild(
+        profile=result.profile,
+        status=result.status,
+        stage=result.status,
+        reason=result.reason,
+        precision=None if manifest is None else manifest.precision,
+        recipe=recipe if manifest is None else manifest.recipe,
+        validation=None if attempt is None else attempt.metrics,
+        host_latency=None if manifest is None else manifest.host_latency,
+        size_bytes=None if manifest is None else sum(file.size_bytes for file in manifest.files),
+    )
+
+
+def main() -> int:
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # toolchains (NNCF, OpenVINO) print to stdout
+    request = request_decoder.decode(sys.stdin.buffer.readline())
+    threading.Thread(target=_exit_when_orphaned, name="orphan-watch", daemon=True).start()
+
+    def send(message: WorkerMessage) -> None:
+        protocol.write(_encoder.encode(message) + b"\n")
+
+    try:
+        report = compile_model(
+            CompileRequest(
+                model_path=Path(request.model_path),
+                profiles=tuple(request.profiles),
+                out_dir=Path(request.out_dir),
+                model_name=request.model,
+                version=request.version,
+                calibration_path=None if request.calibration_path is None else Path(request.calibration_path),
+                validation_path=None if request.validation_path is None else Path(request.validation_path),
+                quantization=request.quantization,
+            ),
+            lambda profile, stage: send(Progressed(profile=profile, stage=stage)),
+        )
+    except FabricError as e:
+        send(Failed(reason=str(e)))
+        return EXIT_FAILED
+    send(Finished(builds=[build_of(result) for result in report.results]))
+    return EXIT_OK
+
+
+def _exit_when_orphaned() -> None:
+    """Stop at once when stdin closes: the control plane that started this worker is gone."""
+    sys.stdin.buffer.read()
+    os._exit(EXIT_ORPHANED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
