@@ -1,8 +1,9 @@
 """`TimestampRefresher`: the background worker that keeps the published TUF repository valid.
 
-Every `check_interval_s` it calls `ReleaseService.keep_fresh`: the timestamp is re-signed once less
-than half of its lifetime is left and whatever is unpublished goes to the Object Store. Its first
-check runs at start, so a restarted control plane republishes at once.
+Every `check_interval_s` it calls `ReleaseService.keep_fresh`: the timestamp (and, about every 45
+days, the targets) is re-signed once less than half of its lifetime is left, and whatever is
+unpublished goes to the Object Store. Its first check runs at start, so a restarted control plane
+republishes at once.
 
 Invariants: while it runs, devices never see an expired timestamp from this control plane (the
 check interval is far below half the timestamp lifetime, at least 12 hours); a failed check (broker

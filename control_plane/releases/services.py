@@ -7,9 +7,10 @@ Invariants:
 - A release row exists only for a version the repository has signed: the row and its
   `release.created` audit row commit right after signing, before publication.
 - The repository on disk is the truth; the Object Store (`fabric_tuf`, `fabric_artifacts`) follows
-  it. A publication that fails (broker down) is retried by `keep_fresh` until one succeeds, and the
-  first `keep_fresh` of a process publishes everything (idempotent: archives already present are
-  skipped), so a restart heals a publication lost in a crash.
+  it. `keep_fresh` re-signs metadata before it expires (`ReleaseSigner.refresh`) and retries a
+  publication that failed (broker down) until one succeeds; the first `keep_fresh` of a process
+  publishes everything (idempotent: archives already present are skipped), so a restart heals a
+  publication lost in a crash.
 - Creating a release needs the broker (503 without it) so that a created release is published
   at once; if that publication fails the release stays created and the answer is a 503 saying so.
 - A device caller gets only archives of profiles in its profile's fallback chain; any other
@@ -172,23 +173,20 @@ class ReleaseService:
             path=self._signer.archive_path(target.target_path, target.sha256), size_bytes=target.size_bytes
         )
 
-    async def keep_fresh(self) -> bool:
-        """Re-sign the timestamp when half its lifetime is gone; publish whatever is unpublished.
+    async def keep_fresh(self) -> tuple[str, ...]:
+        """Re-sign the roles past half their lifetime; publish whatever is unpublished.
 
-        Returns whether the timestamp was re-signed. Raises `UnavailableError` when publication
+        Returns the roles re-signed (usually none). Raises `UnavailableError` when publication
         fails (it is retried on the next call).
         """
         async with self._lock:
-            now = self._clock.now()
-            validity = await asyncio.to_thread(self._signer.timestamp_validity)
-            is_due = validity.is_refresh_due(now)
-            if is_due:
-                refreshed = await asyncio.to_thread(self._signer.resign_timestamp, now)
+            resigned = await asyncio.to_thread(self._signer.refresh, self._clock.now())
+            if resigned:
                 self._is_published = False
-                logger.info("re-signed the TUF timestamp; it now expires at %s", refreshed.expires)
+                logger.info("re-signed the TUF %s metadata", ", ".join(resigned))
             if not self._is_published and self._bus is not None:
                 await self._publish(self._bus)
-            return is_due
+            return resigned
 
     def _connected_bus(self) -> NatsBus:
         if self._bus is None:

@@ -13,6 +13,9 @@ Invariants:
 - Signing errors leave as control-plane errors: a signed model version is a `ConflictError`, an
   unsignable compile output a `ConflictError` naming why, missing signing keys an
   `UnavailableError`.
+- `refresh` re-signs the online roles a running control plane must keep valid once less than half
+  of their lifetime is left: the timestamp (1 day by default) and the targets (90 days), so a
+  fleet with no new release never meets expired metadata. The root is re-signed offline.
 - Only the four metadata file names TUF clients fetch are served (`N.root.json`, `timestamp.json`,
   `N.snapshot.json`, `N.targets.json`); nothing else under the repository (keys!) is reachable.
 
@@ -53,8 +56,8 @@ _METADATA_FILE = re.compile(r"^(?:[1-9][0-9]{0,9}\.(?:root|snapshot|targets)\.js
 
 
 @dataclass(frozen=True, slots=True)
-class TimestampValidity:
-    """When the current timestamp metadata expires, and how long a fresh one is valid."""
+class RoleValidity:
+    """When a role's current metadata expires, and how long a freshly signed one is valid."""
 
     expires: datetime
     lifetime: timedelta
@@ -62,6 +65,14 @@ class TimestampValidity:
     def is_refresh_due(self, now: datetime) -> bool:
         """True once less than half of the lifetime is left (or it has already expired)."""
         return self.expires - now < self.lifetime / 2
+
+
+@dataclass(frozen=True, slots=True)
+class Validity:
+    """The online-signed roles a running control plane keeps fresh (root is re-signed offline)."""
+
+    targets: RoleValidity
+    timestamp: RoleValidity
 
 
 class ReleaseSigner:
@@ -74,7 +85,7 @@ class ReleaseSigner:
         if not repo_dir.exists():
             _create(repo_dir, now)
         signer = cls(repo_dir)
-        signer.timestamp_validity()  # refuses a directory that is not a whole repository
+        signer._open()  # refuses a directory that is not a whole repository
         return signer
 
     def sign(
@@ -92,23 +103,24 @@ class ReleaseSigner:
             raise UnavailableError("signing keys", str(e)) from e
         return signed, manifests
 
-    def resign_timestamp(self, now: datetime) -> TimestampValidity:
-        """Re-sign the timestamp (and the snapshot when due) with expiries counted from `now`."""
+    def refresh(self, now: datetime) -> tuple[str, ...]:
+        """Re-sign, with expiries from `now`, the roles past half their lifetime; return which.
+
+        The targets role re-signed means a new snapshot and timestamp too; the timestamp alone is
+        `resign_timestamp` (which also re-signs the snapshot when it would expire first).
+        """
+        repo = self._open()
+        validity = _validity(repo)
         try:
-            resign_timestamp(self.repo_dir, now=now)
+            if validity.targets.is_refresh_due(now):
+                repo.publish(now, resign_targets=True)
+                return ("targets", "snapshot", "timestamp")
+            if validity.timestamp.is_refresh_due(now):
+                resign_timestamp(self.repo_dir, now=now)
+                return ("timestamp",)
         except SigningKeyMissingError as e:
             raise UnavailableError("signing keys", str(e)) from e
-        return self.timestamp_validity()
-
-    def timestamp_validity(self) -> TimestampValidity:
-        try:
-            repo = RepositoryState.open(self.repo_dir)
-        except (RepositoryNotFoundError, OSError, IndexError, ValueError, DeserializationError) as e:
-            raise DataDirError(self.repo_dir, f"not a usable TUF repository: {e}") from e
-        return TimestampValidity(
-            expires=repo.metadata.timestamp.signed.expires,
-            lifetime=timedelta(days=repo.expiries.timestamp_days),
-        )
+        return ()
 
     def metadata_path(self, file: str) -> Path | None:
         """The metadata file a TUF client asks for by name; None for any other name or a missing file."""
@@ -121,6 +133,24 @@ class ReleaseSigner:
         """Where a signed target's archive lies: content-addressed, as consistent snapshots name it."""
         model_version, _, profile_tar = target_path.rpartition("/")
         return self.repo_dir / TARGETS_DIRNAME / model_version / f"{sha256}.{profile_tar}"
+
+    def _open(self) -> RepositoryState:
+        try:
+            return RepositoryState.open(self.repo_dir)
+        except (RepositoryNotFoundError, OSError, IndexError, ValueError, DeserializationError) as e:
+            raise DataDirError(self.repo_dir, f"not a usable TUF repository: {e}") from e
+
+
+def _validity(repo: RepositoryState) -> Validity:
+    signed, expiries = repo.metadata, repo.expiries
+    return Validity(
+        targets=RoleValidity(
+            expires=signed.targets.signed.expires, lifetime=timedelta(days=expiries.targets_days)
+        ),
+        timestamp=RoleValidity(
+            expires=signed.timestamp.signed.expires, lifetime=timedelta(days=expiries.timestamp_days)
+        ),
+    )
 
 
 def _create(repo_dir: Path, now: datetime) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from control_plane.errors import ConflictError, DataDirError
-from control_plane.releases.signer import ReleaseSigner, TimestampValidity
+from control_plane.releases.signer import ReleaseSigner, RoleValidity
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -35,11 +37,9 @@ def test_a_directory_that_is_not_a_whole_repository_is_refused_not_overwritten(t
     assert (repo / "keys" / "precious.pem").read_text() == "key"
 
 
-def test_fresh_repository_timestamp_is_valid_for_the_default_day(tmp_path: Path) -> None:
-    signer = ReleaseSigner.open_or_create(tmp_path / "tuf", NOW)
-    assert signer.timestamp_validity() == TimestampValidity(
-        expires=NOW + timedelta(days=1), lifetime=timedelta(days=1)
-    )
+def signed(repo: Path, file: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((repo / "metadata" / file).read_bytes())["signed"]
+    return document
 
 
 @pytest.mark.parametrize(
@@ -51,17 +51,39 @@ def test_fresh_repository_timestamp_is_valid_for_the_default_day(tmp_path: Path)
         (timedelta(days=2), True),
     ],
 )
-def test_timestamp_refresh_is_due_once_less_than_half_its_lifetime_is_left(
+def test_a_role_is_due_for_refresh_once_less_than_half_its_lifetime_is_left(
     elapsed: timedelta, is_due: bool
 ) -> None:
-    validity = TimestampValidity(expires=NOW + timedelta(days=1), lifetime=timedelta(days=1))
+    validity = RoleValidity(expires=NOW + timedelta(days=1), lifetime=timedelta(days=1))
     assert validity.is_refresh_due(NOW + elapsed) is is_due
 
 
-def test_resigning_extends_the_timestamp_from_the_given_time(tmp_path: Path) -> None:
-    signer = ReleaseSigner.open_or_create(tmp_path / "tuf", NOW)
-    later = NOW + timedelta(hours=13)
-    assert signer.resign_timestamp(later).expires == later + timedelta(days=1)
+def test_refresh_resigns_the_timestamp_past_half_its_day_and_nothing_before(tmp_path: Path) -> None:
+    repo = tmp_path / "tuf"
+    signer = ReleaseSigner.open_or_create(repo, NOW)
+    assert signed(repo, "timestamp.json")["expires"] == "2030-01-02T00:00:00Z"
+    assert signer.refresh(NOW + timedelta(hours=12)) == ()
+    assert signed(repo, "timestamp.json")["version"] == 1
+
+    assert signer.refresh(NOW + timedelta(hours=13)) == ("timestamp",)
+    timestamp = signed(repo, "timestamp.json")
+    assert (timestamp["version"], timestamp["expires"]) == (2, "2030-01-02T13:00:00Z")
+    assert timestamp["meta"]["snapshot.json"]["version"] == 1  # the snapshot is valid for days yet
+
+
+def test_refresh_resigns_the_targets_before_they_expire_without_a_release(tmp_path: Path) -> None:
+    repo = tmp_path / "tuf"
+    signer = ReleaseSigner.open_or_create(repo, NOW)
+    now = NOW
+    for _ in range(120):  # a day at a time, as a control plane that is never restarted would
+        now += timedelta(days=1)
+        signer.refresh(now)
+        timestamp = signed(repo, "timestamp.json")
+        snapshot = signed(repo, f"{timestamp['meta']['snapshot.json']['version']}.snapshot.json")
+        targets = signed(repo, f"{snapshot['meta']['targets.json']['version']}.targets.json")
+        for document in (timestamp, snapshot, targets):
+            assert document["expires"] > now.strftime("%Y-%m-%dT%H:%M:%SZ"), (now, document)
+    assert targets["version"] == 3  # re-signed on day 46 and day 91
 
 
 @pytest.mark.parametrize("name", ["1.root.json", "timestamp.json", "1.snapshot.json", "1.targets.json"])
