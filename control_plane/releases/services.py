@@ -100,6 +100,7 @@ class ReleaseService:
             signed, manifests = await asyncio.to_thread(
                 self._signer.sign, output.out_dir, model, version, now
             )
+            self._is_published = False
             info = ReleaseInfo(
                 model=model,
                 version=version,
@@ -133,7 +134,6 @@ class ReleaseService:
                         "profiles": ",".join(target.hw_profile for target in info.targets),
                     },
                 )
-            self._is_published = False
             try:
                 await self._publish(bus)
             except UnavailableError as e:
