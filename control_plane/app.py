@@ -39,6 +39,7 @@ from control_plane.audit.services import AuditService
 from control_plane.auth.access import SECURITY_SCHEMES, BearerTokenMiddleware, role_guard
 from control_plane.auth.controllers import TokenController, who_am_i
 from control_plane.auth.services import TokenService
+from control_plane.broker_auth.authority import BrokerAuthority
 from control_plane.clock import Clock, SystemClock
 from control_plane.compile_jobs.controllers import CompileJobController, start_compile
 from control_plane.compile_jobs.runner import CompileJobRunner
@@ -99,6 +100,8 @@ class Services:
 
     `bus` is the control plane's own broker connection (None: run without a broker, e.g. in API
     tests); it is connected by the app's lifespan, not here. `workers` run beside the API.
+    `broker_authority` mints and revokes broker credentials (None: an external `--nats-url`,
+    whose own operator manages credentials, or no broker).
     `build(..., artifacts=)` is where releases take compiled artifacts from (None: creating a
     release answers 503).
     """
@@ -110,6 +113,7 @@ class Services:
     compile_jobs: CompileJobService
     releases: ReleaseService
     bus: NatsBus | None = None
+    broker_authority: BrokerAuthority | None = None
     workers: tuple[BackgroundWorker, ...] = field(default=())
 
     @classmethod
@@ -120,6 +124,7 @@ class Services:
         clock: Clock,
         *,
         bus: NatsBus | None = None,
+        broker_authority: BrokerAuthority | None = None,
         endpoints: Endpoints | None = None,
         artifacts: BuiltArtifacts | None = None,
     ) -> Services:
@@ -150,6 +155,7 @@ class Services:
             compile_jobs=compile_jobs,
             releases=releases,
             bus=bus,
+            broker_authority=broker_authority,
             workers=(
                 TimestampRefresher(releases, check_interval_s=config.timestamp_check_interval_s),
                 CompileJobRunner(compile_jobs, timeout_s=config.compile_timeout_s),

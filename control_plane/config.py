@@ -89,6 +89,11 @@ class ControlPlaneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
         return self.data_path / "broker"
 
     @property
+    def broker_auth_dir(self) -> Path:
+        """The embedded broker's operator keys and revocation list (`control_plane.broker_auth`)."""
+        return self.data_path / "broker-auth"
+
+    @property
     def admin_token_path(self) -> Path:
         return self.data_path / "admin.token"
 

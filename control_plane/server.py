@@ -11,6 +11,8 @@ Invariants:
   `<data_dir>/admin.token` (mode 0600) inside the transaction that stores its hash, and reported
   once through `Ready.admin_token`; every later start reports None and keeps all tokens.
 - `on_ready` runs only when the API answers and the advertisement is registered.
+- The embedded broker only admits credentials of the data dir's `BrokerAuthority` (operator mode);
+  the control plane connects as its service user. With `--nats-url` there is no authority.
 - While serving, this module owns SIGTERM and SIGINT (uvicorn's own handlers are off), so a signal
   always runs the whole shutdown and the process exits normally.
 """
@@ -34,6 +36,7 @@ from sqlite_utils import Database
 
 from control_plane.app import Endpoints, Services, create_app
 from control_plane.broker import EmbeddedBroker
+from control_plane.broker_auth.authority import BrokerAuthority
 from control_plane.clock import SystemClock
 from control_plane.config import ControlPlaneConfig
 from control_plane.db import migrate, open_database
@@ -85,18 +88,25 @@ def run(
         db = open_data_dir(config)
         stack.callback(db.close)
         sock = stack.enter_context(_bind(config.host, config.port))
+        authority: BrokerAuthority | None = None
         if config.nats_url is None:
-            broker = _start_broker(config.broker_dir)
+            authority = BrokerAuthority.load_or_create(config.broker_auth_dir)
+            broker = _start_broker(config.broker_dir, authority)
             stack.callback(broker.stop)
             nats_url, mqtt_url = broker.nats_url, broker.mqtt_url
+            bus = NatsBus(
+                nats_url, name="edgefabric-control-plane", user_auth=authority.service_credentials()
+            )
         else:
             nats_url, mqtt_url = config.nats_url, None
+            bus = NatsBus(nats_url, name="edgefabric-control-plane")
         api_url = f"http://{_url_host(advertised_addresses(config.host)[0])}:{sock.getsockname()[1]}"
         services = Services.build(
             config,
             db,
             SystemClock(),
-            bus=NatsBus(nats_url, name="edgefabric-control-plane"),
+            bus=bus,
+            broker_authority=authority,
             endpoints=Endpoints(api_url=api_url, nats_url=nats_url, mqtt_url=mqtt_url),
         )
         created = services.tokens.bootstrap_admin(
@@ -119,10 +129,11 @@ class BrokerPorts(msgspec.Struct, frozen=True, kw_only=True):
     mqtt: int
 
 
-def _start_broker(broker_dir: Path) -> EmbeddedBroker:
+def _start_broker(broker_dir: Path, authority: BrokerAuthority) -> EmbeddedBroker:
     """Start the embedded nats-server on the ports it had last time (`ports.json`), so URLs that
-    agents were given stay valid across restarts; the first start lets the server pick free ports."""
-    broker = EmbeddedBroker(broker_dir)
+    agents were given stay valid across restarts; the first start lets the server pick free ports.
+    It runs in operator mode: only credentials minted by `authority` get in."""
+    broker = EmbeddedBroker(broker_dir, extra_config=authority.server_config(broker_dir / "jwt"))
     ports_file = broker_dir / "ports.json"
     if ports_file.exists():
         try:

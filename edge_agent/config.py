@@ -58,6 +58,12 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     mqtt_url: str | None = None
     mqtt_username: str | None = None
     mqtt_password: str | None = None
+    device_key: str | None = None
+    """Path to the device's Ed25519 private key (PEM); signs the NATS server's nonce."""
+    nats_user_jwt: str | None = None
+    """Path to the device's NATS user JWT (re-read at every reconnect); needs `device_key`."""
+    mqtt_user_jwt: str | None = None
+    """Path to the device's bearer MQTT JWT, sent as the MQTT password instead of `mqtt_password`."""
     artifact_base_url: str | None = None
     """HTTP base serving `metadata/` and `targets/` (MQTT-only devices download over HTTP)."""
     http_token: str | None = None

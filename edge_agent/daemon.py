@@ -20,6 +20,7 @@ from pathlib import Path
 import msgspec
 
 from edge_agent.config import AgentConfig
+from edge_agent.credentials import mqtt_login, nats_user_auth
 from edge_agent.errors import ConfigError, UnsupportedCommandError
 from edge_agent.http_api import create_app, serve_http
 from edge_agent.lifecycle import Lifecycle
@@ -194,16 +195,16 @@ class Agent:
                 name=f"agent-{config.device_id}",
                 credentials_file=config.nats_credentials,
                 token=config.nats_token,
+                user_auth=nats_user_auth(config),
+                inbox_prefix=subjects.device_inbox_prefix(config.device_id),
             )
             return nats_bus, NatsArtifactSource(nats_bus, self.state_dir / "tuf-mirror")
         assert config.mqtt_url is not None
         if not config.artifact_base_url:
             raise ConfigError("artifact_base_url", "MQTT-only devices download artifacts over HTTP: set it")
+        username, password = mqtt_login(config)
         mqtt_bus = MqttBus(
-            config.mqtt_url,
-            client_id=f"agent-{config.device_id}",
-            username=config.mqtt_username,
-            password=config.mqtt_password,
+            config.mqtt_url, client_id=f"agent-{config.device_id}", username=username, password=password
         )
         return mqtt_bus, HttpArtifactSource(config.artifact_base_url, config.http_token)
 

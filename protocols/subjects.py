@@ -137,6 +137,12 @@ def state_watch_mqtt(kind: StateKind, device_id: str | None) -> str:
     return f"fabric/v1/dev/{'+' if device_id is None else validate_device_id(device_id)}/{kind}"
 
 
+def device_inbox_prefix(device_id: str) -> str:
+    """The NATS inbox prefix of one device (`_INBOX_<id>`): its request replies, JetStream acks and
+    consumer deliveries arrive under it, so its broker grants can exclude every other inbox."""
+    return f"_INBOX_{validate_device_id(device_id)}"
+
+
 def artifact_object_name(sha256: str) -> str:
     """Object Store name of a content-addressed artifact."""
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):

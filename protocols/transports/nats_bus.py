@@ -9,16 +9,21 @@ Invariants:
   stream's duplicate window.
 - The client reconnects forever with `reconnect_wait_s` between tries; publishes made while
   reconnecting are buffered by the client (up to `reconnect_buffer_bytes`).
+- With `user_auth` (decentralized JWT auth), the JWT is fetched and the server's nonce signed on
+  every connect and reconnect, so a renewed JWT is used on the next reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import math
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -26,7 +31,8 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from protocols import subjects
 from protocols.errors import (
@@ -43,6 +49,22 @@ from protocols.transports.nats_objects import NatsObjects
 logger = logging.getLogger(__name__)
 
 ReplyHandler = Callable[[bytes], Awaitable[bytes]]
+_KV_PREFIX = f"$KV.{subjects.TWIN_BUCKET}."
+_TWIN_STREAM = f"KV_{subjects.TWIN_BUCKET}"
+_WATCH_INACTIVE_THRESHOLD_S = 300.0
+_EXPIRY_MARKERS = ("MaxAge", "Purge", "Remove")
+"""`Nats-Marker-Reason` values of the markers the server writes when it removes a key (2.11+)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserJwtAuth:
+    """NATS decentralized auth without nats-py's `nkeys` dependency: a user JWT and the holder of
+    the user's Ed25519 key, which proves possession by signing the server's nonce."""
+
+    jwt: Callable[[], str]
+    """The current user JWT; called on every connect (so it may re-read a renewed file)."""
+    sign: Callable[[bytes], bytes]
+    """The raw 64-byte Ed25519 signature of the given bytes."""
 
 
 class NatsSubscription(Subscription):
@@ -63,61 +85,80 @@ class NatsSubscription(Subscription):
 class NatsStateWatch(StateWatch):
     """A KV watch that survives reconnects.
 
-    nats-py's watcher is an ephemeral in-memory consumer that does not outlive a server restart,
-    so the bus calls `resume()` after every reconnect and the watch starts a fresh watcher
-    (latest value per key again). Revisions already yielded for a key are skipped, so a consumer
-    sees each revision at most once and never goes backwards.
+    Each watcher is an ephemeral push consumer (in memory, no acks) created under a fresh name
+    with its key filter in the API subject (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`),
+    so broker grants can limit a device to watching its own keys; nats-py's `kv.watch()` creates
+    unnamed consumers, whose filter only the request body carries. The consumer does not outlive
+    a server restart, so the bus calls `resume()` after every reconnect and the watch starts a
+    fresh watcher (latest value per key again); a gap in the consumer sequence does the same.
+    Revisions already yielded for a key are skipped, so a consumer sees each revision at most once
+    and never goes backwards.
     """
 
-    def __init__(self, kv: KeyValue, key_filter: str, on_close: Callable[[NatsStateWatch], None]) -> None:
-        self._kv = kv
+    def __init__(
+        self, js: JetStreamContext, key_filter: str, on_close: Callable[[NatsStateWatch], None]
+    ) -> None:
+        self._js = js
         self._key_filter = key_filter
         self._on_close = on_close
         self._queue: asyncio.Queue[StateUpdate] = asyncio.Queue()
         self._last_revision: dict[StateKey, int] = {}
         self._watcher: Any = None
-        self._pump: asyncio.Task[None] | None = None
+        self._next_consumer_seq = 1
+        self._resuming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._watcher = await self._kv.watch(self._key_filter)
-        self._pump = asyncio.create_task(self._pump_entries(self._watcher))
+        self._next_consumer_seq = 1
+        self._watcher = await self._js.subscribe(
+            f"{_KV_PREFIX}{self._key_filter}",
+            stream=_TWIN_STREAM,
+            cb=self._on_entry,
+            config=ConsumerConfig(
+                name=f"twin-watch-{secrets.token_hex(8)}",
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=AckPolicy.NONE,
+                max_deliver=1,
+                inactive_threshold=_WATCH_INACTIVE_THRESHOLD_S,
+                mem_storage=True,
+                num_replicas=1,
+            ),
+        )
 
     async def resume(self) -> None:
-        """Replace the watcher after a reconnect (called by the bus)."""
+        """Replace the watcher (called by the bus after a reconnect, and after a gap)."""
         await self._stop_watcher()
         try:
             await self.start()
         except nats.errors.Error as e:
             logger.warning("re-creating KV watch %s failed: %s", self._key_filter, e)
 
-    async def _pump_entries(self, watcher: Any) -> None:
-        async for entry in watcher:
-            if entry is None:
-                continue
-            key = subjects.state_key_of(entry.key)
-            if entry.revision <= self._last_revision.get(key, 0):
-                continue
-            self._last_revision[key] = entry.revision
-            deleted = entry.operation in (KV_DEL, KV_PURGE)
-            self._queue.put_nowait(
-                StateUpdate(
-                    key=key, payload=None if deleted else bytes(entry.value or b""), revision=entry.revision
-                )
-            )
+    async def _on_entry(self, msg: Msg) -> None:
+        meta = msg.metadata
+        if meta.sequence.consumer != self._next_consumer_seq:
+            logger.info("KV watch %s missed deliveries; re-creating it", self._key_filter)
+            if self._resuming is None or self._resuming.done():
+                self._resuming = asyncio.create_task(self.resume())
+            return
+        self._next_consumer_seq += 1
+        key = subjects.state_key_of(msg.subject.removeprefix(_KV_PREFIX))
+        if meta.sequence.stream <= self._last_revision.get(key, 0):
+            return
+        self._last_revision[key] = meta.sequence.stream
+        headers = msg.headers or {}
+        deleted = headers.get(KV_OP) in (KV_DEL, KV_PURGE) or headers.get(KV_MARKER_REASON) in _EXPIRY_MARKERS
+        self._queue.put_nowait(
+            StateUpdate(key=key, payload=None if deleted else bytes(msg.data), revision=meta.sequence.stream)
+        )
 
     async def __aiter__(self) -> AsyncIterator[StateUpdate]:
         while True:
             yield await self._queue.get()
 
     async def _stop_watcher(self) -> None:
-        pump, watcher, self._pump, self._watcher = self._pump, self._watcher, None, None
-        if pump is not None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+        watcher, self._watcher = self._watcher, None
         if watcher is not None:
             with contextlib.suppress(nats.errors.Error):
-                await watcher.stop()
+                await watcher.unsubscribe()
 
     async def close(self) -> None:
         self._on_close(self)
@@ -136,6 +177,8 @@ class NatsBus(Bus):
         name: str = "edgefabric",
         credentials_file: str | None = None,
         token: str | None = None,
+        user_auth: UserJwtAuth | None = None,
+        inbox_prefix: str | None = None,
         connect_timeout_s: float = 5.0,
         request_timeout_s: float = 5.0,
         reconnect_wait_s: float = 0.5,
@@ -145,6 +188,8 @@ class NatsBus(Bus):
         self.name = name
         self._credentials_file = credentials_file
         self._token = token
+        self._user_auth = user_auth
+        self._inbox_prefix = inbox_prefix
         self._connect_timeout_s = connect_timeout_s
         self._request_timeout_s = request_timeout_s
         self._reconnect_wait_s = reconnect_wait_s
@@ -186,7 +231,11 @@ class NatsBus(Bus):
             await asyncio.sleep(0.05)
 
     async def connect(self) -> None:
+        refusals: list[str] = []  # why the server refused the first connect (e.g. an expired JWT)
+
         async def on_error(e: Exception) -> None:
+            if self._nc is None:
+                refusals.append(str(e))
             logger.debug("nats client error: %s", e)
 
         async def on_disconnect() -> None:
@@ -202,6 +251,12 @@ class NatsBus(Bus):
             options["user_credentials"] = self._credentials_file
         if self._token:
             options["token"] = self._token
+        if self._user_auth is not None:
+            auth = self._user_auth
+            options["user_jwt_cb"] = lambda: auth.jwt().encode()
+            options["signature_cb"] = lambda nonce: base64.b64encode(auth.sign(nonce.encode()))
+        if self._inbox_prefix is not None:
+            options["inbox_prefix"] = self._inbox_prefix
         client = NatsClient()
         try:
             # nats-py retries an unreachable first server forever when reconnects are unlimited,
@@ -225,7 +280,8 @@ class NatsBus(Bus):
         except (nats.errors.Error, OSError, TimeoutError) as e:
             with contextlib.suppress(nats.errors.Error):
                 await client.close()
-            raise BusConnectionError(self.url, str(e) or type(e).__name__) from e
+            reason = refusals[-1] if refusals else str(e)
+            raise BusConnectionError(self.url, reason or type(e).__name__) from e
         self._nc = client
         self._js = self._nc.jetstream(timeout=self._request_timeout_s)
 
@@ -380,9 +436,9 @@ class NatsBus(Bus):
             raise BusConnectionError(self.url, f"KV delete {key.kv_key}: {e}") from e
 
     async def watch_state(self, kind: StateKind, device_id: str | None = None) -> NatsStateWatch:
-        kv = await self._twins()
+        await self._twins()  # a clear error when the bucket is missing
         key_filter = subjects.state_watch_kv(kind, device_id)
-        watch = NatsStateWatch(kv, key_filter, self._watches.discard)
+        watch = NatsStateWatch(self.js, key_filter, self._watches.discard)
         try:
             await watch.start()
             self._watches.add(watch)
