@@ -280,6 +280,9 @@ class Agent:
             except ProtocolError as e:
                 logger.warning("ignoring desired state: %s", e)
                 continue
+            if desired.device_id != self.config.device_id:  # e.g. another twin's value redirected here
+                logger.warning("ignoring desired state addressed to device %s", desired.device_id)
+                continue
             await self.reconciler.apply(desired)
 
     async def _heartbeats(self, stop: asyncio.Event) -> None:

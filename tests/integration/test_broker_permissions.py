@@ -403,6 +403,15 @@ async def test_agent_with_its_own_credentials_installs_reports_and_sends_telemet
     )
     agent.start()
     try:
+        # Another device's desired state landing on this twin key (see the redirect gap) is ignored.
+        await set_desired(service, "dev-other", 5, "digits", "1", counter)
+        other = await (await service.js.key_value(subjects.TWIN_BUCKET)).get("dev.dev-other.desired")
+        await service.put_state(StateKey("dev-agent", "desired"), other.value or b"")
+        status = agent.wait_for(
+            lambda s: "ignoring desired state addressed to device dev-other" in agent.log(),
+            what="the misaddressed desired state ignored",
+        )
+        assert status["observed_revision"] == 0
         await set_desired(service, "dev-agent", 1, "digits", "1", counter)
         agent.wait_model("digits", lambda m: m["current_version"] == "1", what="v1 installed over NATS")
         async with await service.watch_state("reported", "dev-agent") as watch:
