@@ -118,6 +118,7 @@ class BrokerAuthority:
         """Read the keys and the revocation list from `directory`, creating what is missing."""
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
             keys = {name: _load_or_create_key(directory / file, role) for name, (file, role) in FILES.items()}
             revocations_path = directory / REVOCATIONS_FILE
             revocations = (
@@ -138,10 +139,6 @@ class BrokerAuthority:
     @property
     def account_public_key(self) -> str:
         return self._account.public_key
-
-    @property
-    def system_account_public_key(self) -> str:
-        return self._system.public_key
 
     def operator_jwt(self) -> str:
         claims = Claims(
@@ -302,5 +299,4 @@ def _load_or_create_key(path: Path, role: Role) -> KeyPair:
         return pair
     pair = KeyPair.generate(role)
     write_atomic(path, f"{pair.seed}\n".encode(), mode=0o600)
-    os.chmod(path.parent, 0o700)
     return pair
