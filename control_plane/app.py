@@ -54,9 +54,12 @@ from control_plane.releases.services import BuiltArtifacts, ReleaseService
 from control_plane.releases.signer import ReleaseSigner
 from control_plane.system.controllers import check_health
 from control_plane.system.services import HealthService
+from control_plane.telemetry.controllers import TelemetryController
+from control_plane.telemetry.ingest import TelemetryIngest
+from control_plane.telemetry.services import TelemetryService
 from control_plane.web.body_limit import BodySizeLimitMiddleware
 from control_plane.web.errors import EXCEPTION_HANDLERS
-from control_plane.web.metrics import HttpMetrics, MetricsMiddleware, serve_metrics
+from control_plane.web.metrics import HttpMetrics, MetricsMiddleware, MetricsSource, serve_metrics
 from control_plane.web.options import OptionsMiddleware
 from control_plane.web.pagination import page_request
 from control_plane.web.query_params import QueryParameterMiddleware
@@ -112,9 +115,11 @@ class Services:
     registry: RegistryService
     compile_jobs: CompileJobService
     releases: ReleaseService
+    telemetry: TelemetryService
     bus: NatsBus | None = None
     broker_authority: BrokerAuthority | None = None
     workers: tuple[BackgroundWorker, ...] = field(default=())
+    metric_sources: tuple[MetricsSource, ...] = field(default=())
 
     @classmethod
     def build(
@@ -147,6 +152,7 @@ class Services:
         blobs = BlobStore(config.blob_dir)
         registry = RegistryService(db, blobs, audit, clock)
         compile_jobs = CompileJobService(db, registry, blobs, audit, clock, build_dir=config.build_dir)
+        ingest = None if bus is None else TelemetryIngest(bus, config.database_path)
         return cls(
             tokens=tokens,
             audit=audit,
@@ -154,12 +160,15 @@ class Services:
             registry=registry,
             compile_jobs=compile_jobs,
             releases=releases,
+            telemetry=TelemetryService(db, clock),
             bus=bus,
             broker_authority=broker_authority,
             workers=(
                 TimestampRefresher(releases, check_interval_s=config.timestamp_check_interval_s),
                 CompileJobRunner(compile_jobs, timeout_s=config.compile_timeout_s),
+                *(() if ingest is None else (ingest,)),
             ),
+            metric_sources=() if ingest is None else (ingest.metrics,),
         )
 
     @contextlib.asynccontextmanager
@@ -179,7 +188,7 @@ class Services:
 def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock | None = None) -> Litestar:
     """The API over `services`; `clock` drives the rate limiters (default: the system clock)."""
     monotonic = (clock or SystemClock()).monotonic
-    metrics = HttpMetrics()
+    metrics = HttpMetrics(sources=services.metric_sources)
 
     def rate_limit(key_kind: KeyKind, limit: RateLimit) -> DefineMiddleware:
         return DefineMiddleware(
@@ -202,6 +211,7 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             CompileJobController,
             ReleaseController,
             TufController,
+            TelemetryController,
         ],
         guards=[role_guard],
     )
@@ -214,6 +224,7 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             "registry": Provide(lambda: services.registry, sync_to_thread=False),
             "compile_jobs": Provide(lambda: services.compile_jobs, sync_to_thread=False),
             "releases": Provide(lambda: services.releases, sync_to_thread=False),
+            "telemetry": Provide(lambda: services.telemetry, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, sync_to_thread=False),
             "page": Provide(page_request, sync_to_thread=False),
         },

@@ -21,6 +21,7 @@ from control_plane.compile_jobs.cli import add_compile_commands
 from control_plane.config import DEFAULT_PORT, load_config
 from control_plane.registry.cli import add_model_commands
 from control_plane.releases.cli import add_release_commands
+from control_plane.telemetry.cli import add_telemetry_command
 from model_compiler.signing.cli import add_signing_commands
 from protocols.cli_support import EXIT_OK, OneLineArgumentParser, run_cli
 
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_token_commands(commands, os.environ)
     add_model_commands(commands, os.environ)
     add_release_commands(commands, os.environ)
+    add_telemetry_command(commands, os.environ)
     add_compile_commands(commands, os.environ)
     add_signing_commands(commands)
     return parser

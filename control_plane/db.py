@@ -171,12 +171,48 @@ def _0005_releases(db: Database) -> None:
     db.execute("CREATE INDEX release_targets_sha256 ON release_targets (sha256)")
 
 
+def _0007_telemetry(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE telemetry_records (
+            record_id TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            mode TEXT NOT NULL CHECK (mode IN ('active', 'shadow')),
+            minute_start_s INTEGER NOT NULL,
+            request_count INTEGER NOT NULL,
+            error_count INTEGER NOT NULL,
+            latency_ms_sum REAL NOT NULL,
+            latency_ms_bounds TEXT NOT NULL,
+            latency_ms_buckets TEXT NOT NULL,
+            output_histogram TEXT NOT NULL,
+            shadow_agreement REAL
+        )
+        """
+    )
+    db.execute("CREATE INDEX telemetry_records_version ON telemetry_records (model, version, minute_start_s)")
+    db.execute("CREATE INDEX telemetry_records_device ON telemetry_records (device_id, minute_start_s)")
+    db.execute(
+        """
+        CREATE TABLE telemetry_evictions (
+            batch_id TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            evicted_count INTEGER NOT NULL,
+            received_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX telemetry_evictions_device ON telemetry_evictions (device_id)")
+
+
 MIGRATIONS: Sequence[Migration] = (
     _0001_api_tokens,
     _0002_audit_log,
     _0003_model_versions,
     _0004_compile_jobs,
     _0005_releases,
+    _0007_telemetry,
 )
 
 

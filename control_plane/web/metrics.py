@@ -1,9 +1,9 @@
 """Request metrics in the Prometheus text format (version 0.0.4), served at `GET /metrics`.
 
 Exported now: `edgefabric_http_requests_total{method,route,status}` (counter) and
-`edgefabric_http_request_duration_seconds{method,route}` (histogram). Later areas register their
-own series here (devices online, queue lag, ingest rate) when they exist; nothing is exported
-before it is measured.
+`edgefabric_http_request_duration_seconds{method,route}` (histogram). Other areas add their own
+series as a `MetricsSource` (telemetry ingest: records, rejects, queue lag, ingest rate), rendered
+after these; nothing is exported before it is measured.
 
 Invariants:
 - `route` is the route template (`/api/v1/tokens/{token_id:str}`), never the raw path, so the
@@ -15,7 +15,8 @@ Invariants:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from litestar import get
 from litestar.di import NamedDependency
@@ -46,10 +47,17 @@ class _Histogram:
         self.count += 1
 
 
-class HttpMetrics:
-    """In-process request counters and latency histograms."""
+class MetricsSource(Protocol):
+    def render(self) -> str:
+        """Complete Prometheus text lines (`# HELP`, `# TYPE`, samples), ending with a newline."""
+        ...
 
-    def __init__(self) -> None:
+
+class HttpMetrics:
+    """In-process request counters and latency histograms, followed by `sources` when rendered."""
+
+    def __init__(self, sources: Sequence[MetricsSource] = ()) -> None:
+        self._sources = tuple(sources)
         self._requests: dict[tuple[str, str, int], int] = {}
         self._durations: dict[tuple[str, str], _Histogram] = {}
 
@@ -79,7 +87,7 @@ class HttpMetrics:
             )
             lines.append(f"{_DURATION}_sum{_labels(method=method, route=route)} {histogram.total_s!r}")
             lines.append(f"{_DURATION}_count{_labels(method=method, route=route)} {histogram.count}")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + "".join(source.render() for source in self._sources)
 
 
 def _labels(**labels: str) -> str:

@@ -117,6 +117,9 @@ ACCESS: dict[tuple[str, str], Role | None] = {
     ("GET", "/api/v1/releases/{model}/{version}"): Role.VIEWER,
     ("GET", "/api/v1/tuf/metadata/{file}"): None,
     ("GET", "/api/v1/tuf/objects/{name}"): Role.VIEWER,
+    ("GET", "/api/v1/telemetry/series"): Role.VIEWER,
+    ("GET", "/api/v1/telemetry/summary"): Role.VIEWER,
+    ("GET", "/api/v1/telemetry/devices"): Role.VIEWER,
 }
 PLACEHOLDERS = {
     "{token_id}": UNKNOWN_ID,
