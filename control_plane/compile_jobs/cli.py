@@ -251,7 +251,7 @@ def _profile_row(build: ProfileBuild) -> list[str]:
         "-" if metrics is None or metrics.accuracy is None else f"{metrics.accuracy:.3f}",
         "-" if latency is None else f"{latency.p50_ms:.2f}/{latency.p95_ms:.2f}",
         "-" if build.size_bytes is None else f"{build.size_bytes / 1024:.0f} KiB",
-        (build.reason if build.status in ("rejected", "failed") else build.stage) or "",
+        (build.stage if build.status == "running" else build.reason) or "",
     ]
 
 

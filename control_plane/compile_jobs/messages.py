@@ -42,5 +42,5 @@ class Failed(msgspec.Struct, frozen=True, kw_only=True, tag="failed"):
 
 
 WorkerMessage = Progressed | Finished | Failed
-message_decoder = msgspec.json.Decoder(WorkerMessage)
+message_decoder: msgspec.json.Decoder[WorkerMessage] = msgspec.json.Decoder(WorkerMessage)
 request_decoder = msgspec.json.Decoder(WorkerRequest)

@@ -10,7 +10,8 @@ Invariants:
 - A job the runner finds `running` when it starts was cut off by a crash of an earlier process: it
   becomes `interrupted` and is not re-run (a toolchain that brought the process down would do so
   again at every start); start a new job for it.
-- On `stop()`, the running job's worker is terminated and the job becomes `interrupted`.
+- On `stop()`, the running job's worker is ended (its stdin closed; SIGKILL if it lingers) and the
+  job becomes `interrupted`.
 - A job still running after `timeout_s` is stopped and fails; so does one whose worker exits
   without reporting (a crash): the reason names the exit code and the worker's log.
 - A job that did not succeed leaves no output directory; the worker's stderr (toolchain output)
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 WORKER_MODULE = "control_plane.compile_jobs.worker"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+EXIT_GRACE_S = 10.0
 STOP_GRACE_S = 5.0
 STOPPED_REASON = "the control plane stopped during the compile"
 
@@ -85,59 +87,62 @@ class CompileJobRunner:
                 stderr=log,
                 limit=MAX_MESSAGE_BYTES,
             )
+        exit_grace_s = EXIT_GRACE_S
         try:
-            outcome = await asyncio.wait_for(self._follow(job, worker, request), self._timeout_s)
-        except TimeoutError:
-            outcome = Failed(reason=f"the compile took longer than {self._timeout_s:g} s and was stopped")
-        except asyncio.CancelledError:
-            await _terminate(worker)
-            self._jobs.interrupt(job.id, STOPPED_REASON)
-            await asyncio.to_thread(self._jobs.discard_output, job.id)
-            raise
+            try:
+                outcome = await asyncio.wait_for(self._follow(job, worker, request), self._timeout_s)
+            except TimeoutError:
+                outcome = Failed(reason=f"the compile took longer than {self._timeout_s:g} s and was stopped")
+                exit_grace_s = 0
+            except asyncio.CancelledError:
+                await _end(worker, exit_grace_s=0)
+                self._jobs.interrupt(job.id, STOPPED_REASON)
+                await asyncio.to_thread(self._jobs.discard_output, job.id)
+                raise
+            finished = self._jobs.finish(job.id, outcome)
+            logger.info("compile job %s: %s", job.id, finished.state)
+            # A worker that reported may take a moment to shut its toolchains down (they may have
+            # children of their own); the job is already recorded meanwhile.
+            await _end(worker, exit_grace_s=exit_grace_s)
         finally:
-            await _terminate(worker)
-        finished = self._jobs.finish(job.id, outcome)
-        logger.info("compile job %s: %s", job.id, finished.state)
+            if worker.returncode is None:  # cancelled while ending it
+                await _end(worker, exit_grace_s=0)
         if finished.state != "succeeded":
             await asyncio.to_thread(self._jobs.discard_output, job.id)
 
     async def _follow(
         self, job: CompileJob, worker: asyncio.subprocess.Process, request: WorkerRequest
     ) -> Finished | Failed:
-        """Send the request, record progress until the worker exits; its outcome."""
+        """Send the request and record progress until the worker reports its outcome (or exits)."""
         assert worker.stdin is not None and worker.stdout is not None
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it died at once: see below
             worker.stdin.write(msgspec.json.encode(request) + b"\n")
             await worker.stdin.drain()
-        outcome: Finished | Failed | None = None
         while line := await worker.stdout.readline():
             try:
                 message = message_decoder.decode(line)
             except msgspec.DecodeError:
                 return Failed(reason=f"unreadable message from the compile worker: {line[:200]!r}")
-            if isinstance(message, Progressed):
-                self._jobs.record_progress(job.id, message.profile, message.stage)
-            else:
-                outcome = message
-        worker.stdin.close()
+            if not isinstance(message, Progressed):
+                return message  # its output is complete: no need to wait for the toolchains' teardown
+            self._jobs.record_progress(job.id, message.profile, message.stage)
         code = await worker.wait()
-        if outcome is not None:
-            return outcome
         return Failed(
             reason=f"the compile worker exited with code {code} before reporting "
             f"(see {self._jobs.log_path(job.id)})"
         )
 
 
-async def _terminate(worker: asyncio.subprocess.Process) -> None:
-    """Stop the worker if it still runs: SIGTERM, then SIGKILL after `STOP_GRACE_S`."""
-    if worker.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        worker.terminate()
-    try:
+async def _end(worker: asyncio.subprocess.Process, *, exit_grace_s: float) -> None:
+    """Let the worker exit by itself for `exit_grace_s`, then close its stdin (it exits at once), then
+    SIGKILL after `STOP_GRACE_S`. Its stdin is closed in any case, so its pipes can be released."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(worker.wait(), exit_grace_s)
+    assert worker.stdin is not None
+    worker.stdin.close()
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(worker.wait(), STOP_GRACE_S)
-    except TimeoutError:
+    if worker.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             worker.kill()
         await worker.wait()

@@ -56,7 +56,9 @@ def main() -> int:
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # toolchains (NNCF, OpenVINO) print to stdout
     request = request_decoder.decode(sys.stdin.buffer.readline())
-    threading.Thread(target=_exit_when_orphaned, name="orphan-watch", daemon=True).start()
+    control = os.dup(sys.stdin.fileno())
+    _stdin_from_devnull()
+    threading.Thread(target=_exit_when_orphaned, args=(control,), name="orphan-watch", daemon=True).start()
 
     def send(message: WorkerMessage) -> None:
         protocol.write(_encoder.encode(message) + b"\n")
@@ -82,9 +84,20 @@ def main() -> int:
     return EXIT_OK
 
 
-def _exit_when_orphaned() -> None:
-    """Stop at once when stdin closes: the control plane that started this worker is gone."""
-    sys.stdin.buffer.read()
+def _stdin_from_devnull() -> None:
+    """Nothing else reads the control pipe: a toolchain that forks (OpenVINO's telemetry does) would
+    otherwise start a child that waits forever on the lock of a `sys.stdin` being read in a thread."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, sys.stdin.fileno())
+    os.close(devnull)
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - replaces the interpreter's stdin for the process' life
+
+
+def _exit_when_orphaned(control: int) -> None:
+    """Stop at once when the control pipe closes: the control plane that started this worker is done
+    with it or gone. Raw reads: no Python-level lock is held while waiting."""
+    while os.read(control, 4096):
+        continue
     os._exit(EXIT_ORPHANED)
 
 
