@@ -72,8 +72,11 @@ class CompileJobRunner:
                 await self._run(job, request)
             except Exception as e:  # a bug here must not stop every later job
                 logger.exception("compile job %s: the runner failed", job.id)
-                self._jobs.finish(job.id, Failed(reason=f"internal error in the compile runner: {e}"))
-                await asyncio.to_thread(self._jobs.discard_output, job.id)
+                failed = self._jobs.finish(
+                    job.id, Failed(reason=f"internal error in the compile runner: {e}")
+                )
+                if failed.state != "succeeded":  # it may have failed after recording a success
+                    await asyncio.to_thread(self._jobs.discard_output, job.id)
 
     async def _run(self, job: CompileJob, request: WorkerRequest) -> None:
         logger.info("compile job %s: %s version %s, %s", job.id, job.model, job.version, request.profiles)

@@ -6,7 +6,7 @@ its `WorkerRequest` from stdin and reports on stdout (see `messages` for the pro
 `model_compiler.compiler.compile_model` and exits.
 
 Exit codes: 0 reported `Finished`; 1 reported `Failed` (or crashed before reporting); 3 its stdin
-closed (the control plane is gone), so it stopped without finishing.
+closed before it exited by itself (the runner is done with it, or the control plane is gone).
 """
 
 from __future__ import annotations
