@@ -19,6 +19,7 @@ from control_plane.auth.cli import add_token_commands
 from control_plane.broker import EmbeddedBroker
 from control_plane.compile_jobs.cli import add_compile_commands
 from control_plane.config import DEFAULT_PORT, load_config
+from control_plane.fleet.cli import add_device_commands
 from control_plane.registry.cli import add_model_commands
 from control_plane.releases.cli import add_release_commands
 from control_plane.telemetry.cli import add_telemetry_command
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_token_commands(commands, os.environ)
     add_model_commands(commands, os.environ)
+    add_device_commands(commands, os.environ)
     add_release_commands(commands, os.environ)
     add_telemetry_command(commands, os.environ)
     add_compile_commands(commands, os.environ)

@@ -57,7 +57,15 @@ class ControlPlaneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     rate_limit_per_identity: RateLimit = RateLimit(burst=100, per_s=20.0)
     rate_limit_sensitive: RateLimit = RateLimit(burst=20, per_s=0.5)
     """Applied per IP and per identity, on top of the others, to `sensitive_paths`."""
-    sensitive_paths: tuple[str, ...] = ("/api/v1/tokens",)
+    sensitive_paths: tuple[str, ...] = ("/api/v1/tokens", "/api/v1/enroll", "/api/v1/enrollment-tokens")
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    """How often the fleet's agents heartbeat (their `heartbeat_interval_s`)."""
+    offline_after_missed_heartbeats: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    """A device is `online` while its last heartbeat is younger than this many intervals."""
+    device_flush_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    """How often heartbeats and reported states seen are written to the database (one batch each)."""
+    device_broker_credential_ttl_days: Days = 365
+    """Lifetime of the broker JWTs a device gets at enrollment (it re-enrolls with a new key after)."""
     timestamp_check_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     """How often the TUF timestamp's expiry is checked (it is re-signed at half its lifetime)."""
 

@@ -171,6 +171,73 @@ def _0005_releases(db: Database) -> None:
     db.execute("CREATE INDEX release_targets_sha256 ON release_targets (sha256)")
 
 
+def _0006_fleet(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE enrollment_tokens (
+            id TEXT PRIMARY KEY,
+            name TEXT,
+            token_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            revoked_at TEXT,
+            max_uses INTEGER NOT NULL CHECK (max_uses >= 1),
+            use_count INTEGER NOT NULL DEFAULT 0 CHECK (use_count BETWEEN 0 AND max_uses),
+            labels TEXT NOT NULL DEFAULT '{}',
+            profile TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX enrollment_tokens_created_at ON enrollment_tokens (created_at, id)")
+    db.execute(
+        """
+        CREATE TABLE devices (
+            id TEXT PRIMARY KEY,
+            public_key TEXT NOT NULL UNIQUE,
+            credential_id TEXT NOT NULL UNIQUE,
+            credential_hash TEXT NOT NULL,
+            profile TEXT NOT NULL,
+            hostname TEXT NOT NULL DEFAULT '',
+            transport TEXT NOT NULL CHECK (transport IN ('nats', 'mqtt')),
+            agent_version TEXT NOT NULL DEFAULT '',
+            enrollment_token_id TEXT NOT NULL REFERENCES enrollment_tokens (id),
+            enrolled_at TEXT NOT NULL,
+            revoked_at TEXT,
+            last_seen TEXT,
+            desired_revision INTEGER NOT NULL DEFAULT 0,
+            observed_revision INTEGER
+        )
+        """
+    )
+    db.execute("CREATE INDEX devices_profile ON devices (profile, id)")
+    db.execute("CREATE INDEX devices_last_seen ON devices (last_seen)")
+    for table, key, value in (("device_labels", "key", "value"), ("device_models", "model", "version")):
+        db.execute(
+            f"""
+            CREATE TABLE {table} (
+                device_id TEXT NOT NULL REFERENCES devices (id),
+                {key} TEXT NOT NULL,
+                {value} TEXT NOT NULL,
+                PRIMARY KEY (device_id, {key})
+            ) WITHOUT ROWID
+            """
+        )
+        db.execute(f"CREATE INDEX {table}_by_{value} ON {table} ({key}, {value}, device_id)")
+    db.execute(
+        """
+        CREATE TABLE device_twins (
+            device_id TEXT NOT NULL REFERENCES devices (id),
+            kind TEXT NOT NULL CHECK (kind IN ('desired', 'reported')),
+            revision INTEGER NOT NULL,
+            document TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (device_id, kind)
+        ) WITHOUT ROWID
+        """
+    )
+
+
 def _0007_telemetry(db: Database) -> None:
     db.execute(
         """
@@ -212,6 +279,7 @@ MIGRATIONS: Sequence[Migration] = (
     _0003_model_versions,
     _0004_compile_jobs,
     _0005_releases,
+    _0006_fleet,
     _0007_telemetry,
 )
 

@@ -11,12 +11,13 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -332,6 +333,76 @@ def _install(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- enroll ----------------------------------------------------------------------------------------
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from edge_agent.enrollment import (
+        credentials_dir,
+        discover_api_url,
+        enrollment_request,
+        load_or_create_device_key,
+        post_enrollment,
+        write_enrollment,
+    )
+
+    config_path = Path(args.config) if args.config else default_config_path()
+    overrides = {key: getattr(args, key, None) for key in AgentConfig.__struct_fields__}
+    base = load_config(config_path if config_path.exists() else None, overrides=overrides)
+    labels = {}
+    for pair in args.label or ():
+        key, is_pair, value = pair.partition("=")
+        if not is_pair or not key:
+            raise ConfigError("--label", f"expected KEY=VALUE, got {pair!r}")
+        labels[key] = value
+    profile = base.profile or _best_profile()
+    api_url = args.url or discover_api_url(
+        timeout_s=args.discover_timeout, interfaces=[args.mdns_interface] if args.mdns_interface else None
+    )
+    transport: Literal["nats", "mqtt"] = "mqtt" if args.mqtt else "nats"
+    request = enrollment_request(
+        args.token,
+        load_or_create_device_key(base.state_path),
+        profile=profile,
+        hostname=socket.gethostname(),
+        labels=labels,
+        agent_version=_version(),
+        device_id=args.device_id,
+        transport=transport,
+    )
+    reply = post_enrollment(api_url, request)
+    config = write_enrollment(reply, base=base, transport=transport, config_path=config_path)
+    if args.json:
+        summary = {
+            "device_id": config.device_id,
+            "api_url": reply.http_url or api_url,
+            "transport": transport,
+            "broker_url": config.nats_url or config.mqtt_url,
+            "profile": config.profile,
+            "labels": reply.labels,
+            "config": str(config_path),
+            "credentials": str(credentials_dir(config.state_path)),
+        }
+        print(json.dumps(summary))
+    else:
+        print(f"enrolled as device {config.device_id} ({config.profile}, {transport}) at {api_url}")
+        print(f"wrote {config_path} and {credentials_dir(config.state_path)}/")
+        print(f"start it with: edgefabric-agent run --config {config_path}")
+    if config.trusted_root is None:
+        print(
+            "edgefabric-agent: note: the control plane sent no TUF root yet; `run` needs --trusted-root",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _best_profile() -> str:
+    detection = explain()
+    if not detection.usable:
+        raise ConfigError("profile", "no hardware profile is usable on this host; pass --profile")
+    return detection.usable[0].name
+
+
 # --- profiles --------------------------------------------------------------------------------------
 
 
@@ -407,6 +478,21 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--config-out", metavar="F", help="where to write the config")
     install.add_argument("--unit-dir", metavar="D", help="where to write the unit")
     install.set_defaults(handler=_install)
+
+    enroll = commands.add_parser(
+        "enroll", help="join a control plane with an enrollment token: writes the config and credentials"
+    )
+    _config_flags(enroll)
+    where = enroll.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="the control plane's API URL")
+    where.add_argument("--discover", action="store_true", help="find the control plane over mDNS")
+    enroll.add_argument("--token", required=True, help="enrollment token eft_... (edgefabric devices token)")
+    enroll.add_argument("--mqtt", action="store_true", help="enroll as an MQTT-only device")
+    enroll.add_argument("--label", action="append", metavar="KEY=VALUE", help="ask for a label (repeatable)")
+    enroll.add_argument("--discover-timeout", type=float, default=5.0, metavar="S", help="mDNS browse time")
+    enroll.add_argument("--mdns-interface", metavar="ADDR", help="browse on this address only (default: all)")
+    enroll.add_argument("--json", action="store_true")
+    enroll.set_defaults(handler=_enroll)
 
     profiles = commands.add_parser(
         "profiles", help="hardware profiles usable on this host, most preferred first, with evidence"

@@ -29,6 +29,7 @@ from protocols.identifiers import (
 
 ArtifactFormat = Literal["onnx", "openvino-ir", "tflite"]
 RolloutMode = Literal["active", "shadow"]
+Transport = Literal["nats", "mqtt"]
 LifecycleState = Literal[
     "idle",
     "downloading",
@@ -194,7 +195,9 @@ class TelemetryBatch(Message, tag="telemetry_batch", frozen=True, kw_only=True):
 class EnrollmentRequest(Message, tag="enrollment_request", frozen=True, kw_only=True):
     """A device asks to join: single-use token + Ed25519 public key + proof of possession.
 
-    `proof` is the base64 Ed25519 signature of `token` by the device key.
+    `proof` is the base64 Ed25519 signature of `token` by the device key; `public_key` is the
+    base64 of the raw 32-byte Ed25519 public key. `device_id` asks for an id (None: the control
+    plane picks one); `transport` "mqtt" enrolls an MQTT-only device.
     """
 
     token: str
@@ -204,6 +207,8 @@ class EnrollmentRequest(Message, tag="enrollment_request", frozen=True, kw_only=
     hostname: str = ""
     labels: dict[str, str] = {}
     agent_version: str = ""
+    device_id: DeviceId | None = None
+    transport: Transport = "nats"
 
 
 class EnrollmentReply(Message, tag="enrollment_reply", frozen=True, kw_only=True):
@@ -214,8 +219,17 @@ class EnrollmentReply(Message, tag="enrollment_reply", frozen=True, kw_only=True
     mqtt_url: str | None = None
     http_url: str = ""
     broker_credentials: str = ""
+    """NATS user JWT for the device key ("" when the broker needs none)."""
     rest_token: str = ""
     trusted_root: str = ""
+    """The TUF root.json to trust ("" before the control plane has a release signer)."""
+    mqtt_password: str = ""
+    """Bearer JWT sent as the MQTT password ("" when the broker needs none)."""
+    artifact_base_url: str = ""
+    """HTTP base of TUF `metadata/` and artifact `objects/` (for MQTT-only devices)."""
+    profile: ProfileName | None = None
+    """The hardware profile the control plane recorded (an enrollment token may preset it)."""
+    labels: dict[str, str] = {}
 
 
 # --- commands ------------------------------------------------------------------------------------

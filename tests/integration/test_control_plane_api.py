@@ -6,6 +6,7 @@ Covers what an API client notices: the authorization matrix of every route, 401/
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar.testing import TestClient
 
 from control_plane.app import Services, create_app
@@ -117,6 +120,18 @@ ACCESS: dict[tuple[str, str], Role | None] = {
     ("GET", "/api/v1/releases/{model}/{version}"): Role.VIEWER,
     ("GET", "/api/v1/tuf/metadata/{file}"): None,
     ("GET", "/api/v1/tuf/objects/{name}"): Role.VIEWER,
+    ("GET", "/api/v1/enrollment-tokens"): Role.ADMIN,
+    ("POST", "/api/v1/enrollment-tokens"): Role.ADMIN,
+    ("GET", "/api/v1/enrollment-tokens/{token_id}"): Role.ADMIN,
+    ("POST", "/api/v1/enrollment-tokens/{token_id}/revoke"): Role.ADMIN,
+    ("POST", "/api/v1/enroll"): None,
+    ("GET", "/api/v1/devices"): Role.VIEWER,
+    ("GET", "/api/v1/devices/{device_id}"): Role.VIEWER,
+    ("PATCH", "/api/v1/devices/{device_id}/labels"): Role.OPERATOR,
+    ("GET", "/api/v1/devices/{device_id}/desired"): Role.VIEWER,
+    ("PUT", "/api/v1/devices/{device_id}/desired"): Role.OPERATOR,
+    ("GET", "/api/v1/devices/{device_id}/reported"): Role.VIEWER,
+    ("POST", "/api/v1/devices/{device_id}/revoke"): Role.OPERATOR,
     ("GET", "/api/v1/telemetry/series"): Role.VIEWER,
     ("GET", "/api/v1/telemetry/summary"): Role.VIEWER,
     ("GET", "/api/v1/telemetry/devices"): Role.VIEWER,
@@ -128,11 +143,16 @@ PLACEHOLDERS = {
     "{version}": "1",
     "{model}": "no-such-model",
     "{file}": "1.root.json",
+    "{device_id}": "no-such-device",
 }
 NO_BODY_STATUS = {
     ("POST", "/api/v1/models"): 400,
     ("POST", "/api/v1/releases"): 400,
     ("POST", "/api/v1/models/{name}/versions/{version}/compile"): 400,
+    ("POST", "/api/v1/enrollment-tokens"): 400,
+    ("POST", "/api/v1/enroll"): 400,
+    ("PATCH", "/api/v1/devices/{device_id}/labels"): 400,
+    ("PUT", "/api/v1/devices/{device_id}/desired"): 400,
 }
 """Routes the matrix calls without the body they need: an admitted caller gets this status."""
 CALLERS = [None, Role.VIEWER, Role.OPERATOR, Role.ADMIN]
@@ -156,7 +176,7 @@ def test_route_admits_exactly_the_roles_it_declares(
         concrete = concrete.replace(placeholder, value)
     response = api.call(method, concrete, caller, json=body)
     if required is None:
-        assert response.status_code < 400
+        assert response.status_code < 400 or response.status_code == NO_BODY_STATUS.get((method, path))
     elif caller is None:
         assert_error(response, 401, "unauthenticated")
     elif not caller.allows(required):
@@ -164,6 +184,57 @@ def test_route_admits_exactly_the_roles_it_declares(
     else:
         expected = (NO_BODY_STATUS[(method, path)],) if (method, path) in NO_BODY_STATUS else (200, 201, 404)
         assert response.status_code in expected, response.text  # 404: the placeholder id
+
+
+DEVICE_ROUTES = {
+    ("GET", "/api/v1/devices/{device_id}"),
+    ("GET", "/api/v1/devices/{device_id}/desired"),
+    ("GET", "/api/v1/devices/{device_id}/reported"),
+    ("GET", "/api/v1/tuf/objects/{name}"),
+}
+"""The routes a device credential (`efd_...`) may call; every other non-public route is a 403 for it."""
+
+
+@pytest.fixture
+def device(api: Api) -> tuple[str, dict[str, str]]:
+    """An enrolled device: its id and the `Authorization` header of its credential."""
+    token = api.call("POST", "/api/v1/enrollment-tokens", Role.ADMIN, json={}).json()["token"]
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    body = {
+        "token": token,
+        "public_key": base64.b64encode(raw).decode(),
+        "proof": base64.b64encode(key.sign(token.encode())).decode(),
+        "profile": "cpu-x86_64",
+    }
+    reply = api.call("POST", "/api/v1/enroll", json=body).json()
+    return reply["device_id"], {"Authorization": f"Bearer {reply['rest_token']}"}
+
+
+@pytest.mark.parametrize(("method", "path"), [route for route, role in ACCESS.items() if role is not None])
+def test_a_device_credential_is_admitted_only_on_device_routes(
+    api: Api, device: tuple[str, dict[str, str]], method: str, path: str
+) -> None:
+    concrete = path
+    for placeholder, value in PLACEHOLDERS.items():
+        concrete = concrete.replace(placeholder, value)
+    response = api.call(method, concrete, headers=device[1])
+    if (method, path) in DEVICE_ROUTES:
+        assert response.status_code == 404, response.text  # another device's id, an unknown object
+    else:
+        assert_error(response, 403, "forbidden")
+
+
+def test_a_device_credential_reads_its_own_device_until_revoked(
+    api: Api, device: tuple[str, dict[str, str]]
+) -> None:
+    device_id, credential = device
+    for suffix in ("", "/desired"):
+        assert api.call("GET", f"/api/v1/devices/{device_id}{suffix}", headers=credential).status_code == 200
+    assert api.call("POST", f"/api/v1/devices/{device_id}/revoke", Role.OPERATOR).status_code == 200
+    for suffix in ("", "/desired", "/reported"):
+        response = api.call("GET", f"/api/v1/devices/{device_id}{suffix}", headers=credential)
+        assert_error(response, 401, "unauthenticated")
 
 
 def test_non_public_routes_declare_bearer_security_in_openapi(api: Api) -> None:

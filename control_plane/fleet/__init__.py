@@ -1,0 +1,1 @@
+"""The fleet: enrollment tokens, enrollment, device credentials, devices, twins and liveness."""
