@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 CONSUMER_NAME = "control-plane-ingest"
 RATE_WINDOW_S = 10.0
+STORAGE_CACHE_KIB = 64 * 1024
 STOP_ATTEMPTS = 20
 STOP_RETRY_S = 0.5
 
@@ -235,7 +236,7 @@ class TelemetryIngest:
         await consumer.open()
         storage = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telemetry-storage")
         try:
-            db = await asyncio.get_running_loop().run_in_executor(storage, open_database, self._database_path)
+            db = await asyncio.get_running_loop().run_in_executor(storage, _open_storage, self._database_path)
         except DataDirError:
             storage.shutdown()
             await consumer.close()
@@ -329,6 +330,14 @@ class TelemetryIngest:
                     await running.consumer.ack(message)
         except BusError as e:
             logger.warning("settling telemetry messages failed; they will be redelivered: %s", e)
+
+
+def _open_storage(path: Path) -> Database:
+    """The ingest's own connection, with a page cache that holds the record-id index's hot pages
+    (random ids: each insert lands on any leaf; 2 MB by default, and it measurably helps)."""
+    db = open_database(path)
+    db.execute(f"PRAGMA cache_size = -{STORAGE_CACHE_KIB}")
+    return db
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

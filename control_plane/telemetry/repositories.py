@@ -37,6 +37,7 @@ _INSERT_RECORD = (
     "request_count, error_count, latency_ms_sum, latency_ms_bounds, latency_ms_buckets, output_histogram, "
     "shadow_agreement) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_BOUNDS_TEXTS_MAX = 64
 _INSERT_EVICTION = (
     "INSERT OR IGNORE INTO telemetry_evictions (batch_id, device_id, evicted_count, received_at) "
     "VALUES (?, ?, ?, ?)"
@@ -86,6 +87,7 @@ class Aggregate:
 class TelemetryRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._bounds_texts: dict[tuple[float, ...], str] = {}
 
     def insert(self, batches: Sequence[TelemetryBatch], *, received_at: datetime) -> int:
         """Store every record and eviction report of `batches` in one transaction; return how many
@@ -101,7 +103,7 @@ class TelemetryRepository:
                 r.count,
                 r.error_count,
                 r.latency_ms_sum,
-                _encode(r.latency_ms_bounds).decode(),
+                self._bounds_text(r.latency_ms_bounds),
                 _encode(r.latency_ms_buckets).decode(),
                 _encode(r.output_histogram).decode(),
                 r.shadow_agreement,
@@ -122,6 +124,15 @@ class TelemetryRepository:
         except sqlite3.Error as e:
             raise UnavailableError("database", f"storing telemetry failed: {e}") from e
         return max(inserted, 0)
+
+    def _bounds_text(self, bounds: tuple[float, ...]) -> str:
+        """The JSON of `bounds`, encoded once per distinct tuple (a fleet shares a few)."""
+        text = self._bounds_texts.get(bounds)
+        if text is None:
+            if len(self._bounds_texts) >= _BOUNDS_TEXTS_MAX:
+                self._bounds_texts.clear()
+            text = self._bounds_texts[bounds] = _encode(bounds).decode()
+        return text
 
     def record_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM telemetry_records").fetchone()[0])
