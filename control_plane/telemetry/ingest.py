@@ -209,7 +209,6 @@ class TelemetryIngest:
         bus: NatsBus,
         database_path: Path,
         *,
-        metrics: IngestMetrics | None = None,
         fetch_max_messages: int = 200,
         fetch_timeout_s: float = 1.0,
         ack_wait_s: float = 10.0,
@@ -217,7 +216,7 @@ class TelemetryIngest:
     ) -> None:
         self._bus = bus
         self._database_path = database_path
-        self.metrics = metrics or IngestMetrics()
+        self.metrics = IngestMetrics()
         self._fetch_max_messages = fetch_max_messages
         self._fetch_timeout_s = fetch_timeout_s
         self._ack_wait_s = ack_wait_s

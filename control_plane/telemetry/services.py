@@ -166,8 +166,11 @@ class TelemetryService:
     def _window(
         self, since: datetime | None, until: datetime | None, default: timedelta, maximum: timedelta
     ) -> tuple[datetime, datetime]:
-        until = _utc(until) if until is not None else self._clock.now()
-        since = _utc(since) if since is not None else until - default
+        try:
+            until = _utc(until) if until is not None else self._clock.now()
+            since = _utc(since) if since is not None else until - default
+        except OverflowError as e:  # e.g. 0001-01-01 minus the default span, or 9999-12-31T23:59-01:00
+            raise InvalidArgumentError("since", "the window is outside the representable times") from e
         if since >= until:
             raise InvalidArgumentError("since", f"must be before until ({until.isoformat()})")
         if until - since > maximum:

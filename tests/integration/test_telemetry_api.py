@@ -229,6 +229,9 @@ def test_devices_are_paged_with_their_own_aggregates_and_evictions(client: Clien
         ("series", {"since": "yesterday"}, 400, "invalid_request"),
         ("series", {"until": "2030-13-01T00:00:00Z"}, 400, "invalid_request"),
         ("series", {"step": "second"}, 400, "invalid_request"),
+        ("series", {"until": "0.5"}, 400, "invalid_request"),  # epoch seconds are not RFC 3339
+        ("summary", {"until": "0001-01-01T00:00:00Z"}, 422, "invalid_argument"),
+        ("summary", {"since": "9999-12-31T23:59:00-01:00"}, 422, "invalid_argument"),
         (
             "series",
             {"since": "2030-01-01T12:00:00Z", "until": "2030-01-01T11:00:00Z"},
