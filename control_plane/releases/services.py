@@ -73,7 +73,7 @@ class ReleaseService:
         audit: AuditService,
         clock: Clock,
         *,
-        artifacts: BuiltArtifacts | None,
+        artifacts: BuiltArtifacts,
         bus: NatsBus | None,
     ) -> None:
         self._db = db
@@ -92,8 +92,6 @@ class ReleaseService:
         model, version = request.model, request.version
         if self._releases.get(model, version) is not None:
             raise ConflictError(f"{model} version {version} is already released")
-        if self._artifacts is None:
-            raise UnavailableError("compile jobs", "this control plane has no source of compiled artifacts")
         output = self._artifacts.output_for(model, version, request.compile_job_id)
         async with self._lock:
             now = self._clock.now()

@@ -8,6 +8,7 @@ middleware answers OPTIONS itself from the application's route map, which knows 
 from __future__ import annotations
 
 from litestar import Response
+from litestar.enums import ScopeType
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import ASGIApp, Receive, Scope, Send
 
@@ -17,7 +18,7 @@ class OptionsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+        if scope["type"] != ScopeType.HTTP or scope["method"] != "OPTIONS":
             await self.app(scope, receive, send)
             return
         methods = set(scope["litestar_app"].route_handler_method_map.get(scope["path_template"], {}))

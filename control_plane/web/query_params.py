@@ -14,6 +14,7 @@ import re
 from urllib.parse import parse_qsl
 
 from litestar import Litestar
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.errors import InvalidQueryError
@@ -47,7 +48,7 @@ class QueryParameterMiddleware:
         return self._allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["query_string"]:
+        if scope["type"] == ScopeType.HTTP and scope["query_string"]:
             allowed_by_operation = self._allowed_by_operation(scope["litestar_app"])
             allowed = allowed_by_operation.get((scope["method"], _openapi_path(scope["path_template"])))
             if allowed is not None:
