@@ -45,6 +45,11 @@ from control_plane.compile_jobs.controllers import CompileJobController, start_c
 from control_plane.compile_jobs.runner import CompileJobRunner
 from control_plane.compile_jobs.services import CompileJobService
 from control_plane.config import ControlPlaneConfig, RateLimit
+from control_plane.fleet.controllers import DeviceController, EnrollmentTokenController, enroll_device
+from control_plane.fleet.enrollment import EnrollmentService
+from control_plane.fleet.monitor import DeviceMonitor
+from control_plane.fleet.services import DeviceService
+from control_plane.fleet.twins import TwinWriter
 from control_plane.registry.blobs import BlobStore
 from control_plane.registry.controllers import ModelController
 from control_plane.registry.services import RegistryService
@@ -116,6 +121,8 @@ class Services:
     registry: RegistryService
     compile_jobs: CompileJobService
     releases: ReleaseService
+    enrollment: EnrollmentService
+    devices: DeviceService
     telemetry: TelemetryService
     bus: NatsBus | None = None
     broker_authority: BrokerAuthority | None = None
@@ -153,6 +160,34 @@ class Services:
             artifacts=artifacts or CompiledArtifacts(compile_jobs),
             bus=bus,
         )
+        monitor = DeviceMonitor(db, bus, clock, flush_interval_s=config.device_flush_interval_s)
+        twins = TwinWriter(
+            bus,
+            mqtt_url=endpoints.mqtt_url if endpoints else None,
+            broker=broker_authority,
+            clock=clock,
+            on_reported=monitor.observe_reported,
+        )
+        enrollment = EnrollmentService(
+            db,
+            audit,
+            clock,
+            api_url=endpoints.api_url if endpoints else None,
+            nats_url=endpoints.nats_url if endpoints else None,
+            mqtt_url=endpoints.mqtt_url if endpoints else None,
+            trust_dir=config.tuf_dir / "metadata",
+            broker=broker_authority,
+            broker_credential_ttl_days=config.device_broker_credential_ttl_days,
+        )
+        devices = DeviceService(
+            db,
+            audit,
+            clock,
+            twins=twins,
+            bus=bus,
+            broker=broker_authority,
+            online_window_s=config.heartbeat_interval_s * config.offline_after_missed_heartbeats,
+        )
         ingest = None if bus is None else TelemetryIngest(bus, config.database_path)
         return cls(
             tokens=tokens,
@@ -161,10 +196,14 @@ class Services:
             registry=registry,
             compile_jobs=compile_jobs,
             releases=releases,
+            enrollment=enrollment,
+            devices=devices,
             telemetry=TelemetryService(db, clock),
             bus=bus,
             broker_authority=broker_authority,
             workers=(
+                monitor,
+                twins,
                 TimestampRefresher(releases, check_interval_s=config.timestamp_check_interval_s),
                 CompileJobRunner(compile_jobs, timeout_s=config.compile_timeout_s),
                 *(() if ingest is None else (ingest,)),
@@ -212,6 +251,9 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             CompileJobController,
             ReleaseController,
             TufController,
+            EnrollmentTokenController,
+            enroll_device,
+            DeviceController,
             TelemetryController,
         ],
         guards=[role_guard],
@@ -225,6 +267,8 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             "registry": Provide(lambda: services.registry, sync_to_thread=False),
             "compile_jobs": Provide(lambda: services.compile_jobs, sync_to_thread=False),
             "releases": Provide(lambda: services.releases, sync_to_thread=False),
+            "enrollment": Provide(lambda: services.enrollment, sync_to_thread=False),
+            "devices": Provide(lambda: services.devices, sync_to_thread=False),
             "telemetry": Provide(lambda: services.telemetry, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, sync_to_thread=False),
             "page": Provide(page_request, sync_to_thread=False),
@@ -238,7 +282,10 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             ),
             rate_limit("ip", config.rate_limit_per_ip),
             DefineMiddleware(
-                BearerTokenMiddleware, tokens=services.tokens, devices=None, exclude=["^/schema"]
+                BearerTokenMiddleware,
+                tokens=services.tokens,
+                devices=services.enrollment,
+                exclude=["^/schema"],
             ),
             rate_limit("identity", config.rate_limit_per_identity),
             OptionsMiddleware,
