@@ -58,6 +58,9 @@ from control_plane.releases.controllers import ReleaseController, TufController
 from control_plane.releases.refresher import TimestampRefresher
 from control_plane.releases.services import BuiltArtifacts, ReleaseService
 from control_plane.releases.signer import ReleaseSigner
+from control_plane.rollouts.controllers import RolloutController
+from control_plane.rollouts.engine import RolloutEngine
+from control_plane.rollouts.services import RolloutService
 from control_plane.system.controllers import check_health
 from control_plane.system.services import HealthService
 from control_plane.telemetry.controllers import TelemetryController
@@ -124,6 +127,7 @@ class Services:
     enrollment: EnrollmentService
     devices: DeviceService
     telemetry: TelemetryService
+    rollouts: RolloutService
     bus: NatsBus | None = None
     broker_authority: BrokerAuthority | None = None
     workers: tuple[BackgroundWorker, ...] = field(default=())
@@ -188,6 +192,22 @@ class Services:
             broker=broker_authority,
             online_window_s=config.heartbeat_interval_s * config.offline_after_missed_heartbeats,
         )
+        telemetry = TelemetryService(db, clock)
+        rollouts = RolloutService(db, audit, clock, releases=releases, devices=devices, bus=bus)
+        engine = (
+            None
+            if bus is None
+            else RolloutEngine(
+                db,
+                rollouts,
+                devices=devices,
+                telemetry=telemetry,
+                bus=bus,
+                clock=clock,
+                tick_interval_s=config.rollout_tick_interval_s,
+                writes_per_tick=config.rollout_writes_per_tick,
+            )
+        )
         ingest = None if bus is None else TelemetryIngest(bus, config.database_path)
         return cls(
             tokens=tokens,
@@ -198,7 +218,8 @@ class Services:
             releases=releases,
             enrollment=enrollment,
             devices=devices,
-            telemetry=TelemetryService(db, clock),
+            telemetry=telemetry,
+            rollouts=rollouts,
             bus=bus,
             broker_authority=broker_authority,
             workers=(
@@ -207,6 +228,7 @@ class Services:
                 TimestampRefresher(releases, check_interval_s=config.timestamp_check_interval_s),
                 CompileJobRunner(compile_jobs, timeout_s=config.compile_timeout_s),
                 *(() if ingest is None else (ingest,)),
+                *(() if engine is None else (engine,)),
             ),
             metric_sources=() if ingest is None else (ingest.metrics,),
         )
@@ -255,6 +277,7 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             enroll_device,
             DeviceController,
             TelemetryController,
+            RolloutController,
         ],
         guards=[role_guard],
     )
@@ -270,6 +293,7 @@ def create_app(config: ControlPlaneConfig, services: Services, *, clock: Clock |
             "enrollment": Provide(lambda: services.enrollment, sync_to_thread=False),
             "devices": Provide(lambda: services.devices, sync_to_thread=False),
             "telemetry": Provide(lambda: services.telemetry, sync_to_thread=False),
+            "rollouts": Provide(lambda: services.rollouts, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, sync_to_thread=False),
             "page": Provide(page_request, sync_to_thread=False),
         },

@@ -22,6 +22,7 @@ from control_plane.config import DEFAULT_PORT, load_config
 from control_plane.fleet.cli import add_device_commands
 from control_plane.registry.cli import add_model_commands
 from control_plane.releases.cli import add_release_commands
+from control_plane.rollouts.cli import add_rollout_commands
 from control_plane.telemetry.cli import add_telemetry_command
 from model_compiler.signing.cli import add_signing_commands
 from protocols.cli_support import EXIT_OK, OneLineArgumentParser, run_cli
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_commands(commands, os.environ)
     add_release_commands(commands, os.environ)
     add_telemetry_command(commands, os.environ)
+    add_rollout_commands(commands, os.environ)
     add_compile_commands(commands, os.environ)
     add_signing_commands(commands)
     return parser

@@ -68,6 +68,10 @@ class ControlPlaneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     """Lifetime of the broker JWTs a device gets at enrollment (it re-enrolls with a new key after)."""
     timestamp_check_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     """How often the TUF timestamp's expiry is checked (it is re-signed at half its lifetime)."""
+    rollout_tick_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    """How often the rollout engine takes a step of every live rollout."""
+    rollout_writes_per_tick: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 50
+    """Desired-state writes the rollout engine makes per rollout and step (bounds one step's work)."""
 
     @property
     def data_path(self) -> Path:

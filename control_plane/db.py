@@ -273,6 +273,86 @@ def _0007_telemetry(db: Database) -> None:
     db.execute("CREATE INDEX telemetry_evictions_device ON telemetry_evictions (device_id)")
 
 
+def _0008_rollouts(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE rollouts (
+            id TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            model_counter INTEGER NOT NULL,
+            mode TEXT NOT NULL CHECK (mode IN ('active', 'shadow')),
+            state TEXT NOT NULL CHECK (state IN ('running', 'paused', 'halted', 'rolling_back',
+                                                 'rolled_back', 'completed', 'aborted')),
+            current_wave INTEGER NOT NULL DEFAULT 0,
+            baseline_version TEXT,
+            spec TEXT NOT NULL,
+            reason TEXT,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            finished_at TEXT,
+            promoted_at TEXT,
+            rollback_started_at TEXT,
+            FOREIGN KEY (model, version) REFERENCES releases (model, version)
+        )
+        """
+    )
+    db.execute("CREATE INDEX rollouts_created_at ON rollouts (created_at, id)")
+    db.execute("CREATE INDEX rollouts_state ON rollouts (state, model)")
+    db.execute(
+        """
+        CREATE TABLE rollout_waves (
+            rollout_id TEXT NOT NULL REFERENCES rollouts (id),
+            position INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'installing', 'soaking', 'passed', 'failed')),
+            started_at TEXT,
+            soak_started_at TEXT,
+            finished_at TEXT,
+            gates TEXT NOT NULL DEFAULT '[]',
+            PRIMARY KEY (rollout_id, position)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE rollout_devices (
+            rollout_id TEXT NOT NULL REFERENCES rollouts (id),
+            device_id TEXT NOT NULL,
+            profile TEXT NOT NULL,
+            transport TEXT NOT NULL CHECK (transport IN ('nats', 'mqtt')),
+            wave INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'assigned', 'installed', 'failed', 'skipped',
+                                                 'reverting', 'reverted', 'unreverted')),
+            previous TEXT,
+            revision INTEGER,
+            deadline_at TEXT,
+            command_sent_at TEXT,
+            reason TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (rollout_id, device_id)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE INDEX rollout_devices_wave ON rollout_devices (rollout_id, state, wave)")
+    db.execute(
+        """
+        CREATE TABLE rollout_decisions (
+            rollout_id TEXT NOT NULL REFERENCES rollouts (id),
+            seq INTEGER NOT NULL,
+            at TEXT NOT NULL,
+            wave INTEGER,
+            kind TEXT NOT NULL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('passed', 'failed', 'waiting', 'info')),
+            summary TEXT NOT NULL,
+            gates TEXT NOT NULL DEFAULT '[]',
+            actor TEXT NOT NULL,
+            PRIMARY KEY (rollout_id, seq)
+        ) WITHOUT ROWID
+        """
+    )
+
+
 MIGRATIONS: Sequence[Migration] = (
     _0001_api_tokens,
     _0002_audit_log,
@@ -281,6 +361,7 @@ MIGRATIONS: Sequence[Migration] = (
     _0005_releases,
     _0006_fleet,
     _0007_telemetry,
+    _0008_rollouts,
 )
 
 

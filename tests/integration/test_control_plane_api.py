@@ -135,6 +135,15 @@ ACCESS: dict[tuple[str, str], Role | None] = {
     ("GET", "/api/v1/telemetry/series"): Role.VIEWER,
     ("GET", "/api/v1/telemetry/summary"): Role.VIEWER,
     ("GET", "/api/v1/telemetry/devices"): Role.VIEWER,
+    ("GET", "/api/v1/rollouts"): Role.VIEWER,
+    ("POST", "/api/v1/rollouts"): Role.OPERATOR,
+    ("GET", "/api/v1/rollouts/{rollout_id}"): Role.VIEWER,
+    ("GET", "/api/v1/rollouts/{rollout_id}/devices"): Role.VIEWER,
+    ("POST", "/api/v1/rollouts/{rollout_id}/pause"): Role.OPERATOR,
+    ("POST", "/api/v1/rollouts/{rollout_id}/resume"): Role.OPERATOR,
+    ("POST", "/api/v1/rollouts/{rollout_id}/abort"): Role.OPERATOR,
+    ("POST", "/api/v1/rollouts/{rollout_id}/rollback"): Role.OPERATOR,
+    ("POST", "/api/v1/rollouts/{rollout_id}/promote"): Role.OPERATOR,
 }
 PLACEHOLDERS = {
     "{token_id}": UNKNOWN_ID,
@@ -143,12 +152,14 @@ PLACEHOLDERS = {
     "{version}": "1",
     "{model}": "no-such-model",
     "{file}": "1.root.json",
+    "{rollout_id}": UNKNOWN_ID,
     "{device_id}": "no-such-device",
 }
 NO_BODY_STATUS = {
     ("POST", "/api/v1/models"): 400,
     ("POST", "/api/v1/releases"): 400,
     ("POST", "/api/v1/models/{name}/versions/{version}/compile"): 400,
+    ("POST", "/api/v1/rollouts"): 400,
     ("POST", "/api/v1/enrollment-tokens"): 400,
     ("POST", "/api/v1/enroll"): 400,
     ("PATCH", "/api/v1/devices/{device_id}/labels"): 400,
