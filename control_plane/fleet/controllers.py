@@ -45,7 +45,7 @@ class EnrollmentTokenController(Controller):
     opt = requires(Role.ADMIN)
     security = BEARER
 
-    @post("/", status_code=201, responses=error_responses(400, 401, 403, 413, 429))
+    @post("/", status_code=201, responses=error_responses(400, 401, 403, 413, 422, 429))
     async def create_enrollment_token(
         self,
         data: JSONBody[CreateEnrollmentTokenRequest],

@@ -14,6 +14,8 @@ Invariants:
 - An unknown token and a wrong secret get the same answer; the specific refusal (expired, used,
   revoked) is told only to a caller that holds the right secret.
 - A public key enrolls at most one device, ever: a revoked device's key cannot come back.
+- A device's profile is a packaged hardware profile (the token's preset, else the device's own):
+  releases and rollouts resolve its fallback chain.
 - A device credential is refused (401) from the instant its device is revoked.
 """
 
@@ -55,6 +57,7 @@ from control_plane.fleet.schemas import (
     Labels,
 )
 from control_plane.pagination import PageRequest
+from hardware_profiles.loader import all_profiles
 from protocols.messages import EnrollmentReply, EnrollmentRequest
 
 ARTIFACTS_PATH = "/api/v1/tuf"
@@ -91,6 +94,8 @@ class EnrollmentService:
     # --- enrollment tokens -----------------------------------------------------------------------
 
     def create_token(self, actor: Actor, request: CreateEnrollmentTokenRequest) -> CreatedEnrollmentToken:
+        if request.profile is not None:
+            _require_known_profile(request.profile)
         issued = issue_secret(ENROLLMENT_TOKEN_PREFIX)
         now = self._clock.now()
         record = EnrollmentTokenRecord(
@@ -167,6 +172,7 @@ class EnrollmentService:
             status = token.status(now)
             if status is not EnrollmentTokenStatus.ACTIVE:
                 raise AuthenticationError(f"enrollment token {status.value}")
+            profile = token.profile or _require_known_profile(request.profile)
             encoded_key = base64.b64encode(public_key).decode()
             holder = self._devices.holder_of_key(encoded_key)
             if holder is not None:
@@ -184,7 +190,7 @@ class EnrollmentService:
                 public_key=encoded_key,
                 credential_id=credential.secret_id,
                 credential_hash=credential.secret_hash,
-                profile=token.profile or request.profile,
+                profile=profile,
                 hostname=request.hostname[:255],
                 transport=request.transport,
                 agent_version=request.agent_version[:64],
@@ -274,6 +280,16 @@ class EnrollmentService:
             labels=record.labels,
             profile=record.profile,
         )
+
+
+def _require_known_profile(profile: str) -> str:
+    """`profile` if it is a packaged hardware profile (releases and rollouts resolve its fallbacks)."""
+    known = all_profiles()
+    if profile not in known:
+        raise InvalidArgumentError(
+            "profile", f"unknown hardware profile {profile!r}; known: {', '.join(sorted(known))}"
+        )
+    return profile
 
 
 def _labels(labels: dict[str, str]) -> dict[str, str]:

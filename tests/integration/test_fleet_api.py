@@ -199,6 +199,12 @@ def test_bad_enrollment_token_requests_are_400(fleet: Fleet, body: dict[str, Any
     assert fleet.count("/api/v1/enrollment-tokens") == 0
 
 
+def test_an_enrollment_token_for_an_unknown_profile_is_422(fleet: Fleet) -> None:
+    response = fleet.call("POST", "/api/v1/enrollment-tokens", Role.ADMIN, json={"profile": "quantum-tpu"})
+    assert_error(response, 422, "invalid_argument", "unknown hardware profile")
+    assert fleet.count("/api/v1/enrollment-tokens") == 0
+
+
 # --- enrollment ------------------------------------------------------------------------------------
 
 
@@ -298,6 +304,13 @@ def _refusals() -> list[tuple[str, Callable[[Fleet, str], httpx.Response], int, 
         ("bad label", field(labels={"bad key": "v"}), 422, "invalid_argument", "labels"),
         ("bad device id", field(device_id="a.b"), 400, "invalid_request", ""),
         ("mqtt without listener", field(transport="mqtt"), 422, "invalid_argument", "MQTT"),
+        (
+            "unknown profile",
+            field(profile="quantum-tpu"),
+            422,
+            "invalid_argument",
+            "unknown hardware profile",
+        ),
         ("profile not a string", field(profile=7), 400, "invalid_request", ""),
     ]
 
