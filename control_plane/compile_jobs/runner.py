@@ -30,6 +30,7 @@ import msgspec
 from control_plane.compile_jobs.messages import Failed, Finished, Progressed, WorkerRequest, message_decoder
 from control_plane.compile_jobs.schemas import CompileJob
 from control_plane.compile_jobs.services import CompileJobService
+from control_plane.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +55,9 @@ class CompileJobRunner:
         self._task = asyncio.create_task(self._run_queue(), name="compile-jobs")
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
 
     async def _run_queue(self) -> None:
         while True:

@@ -25,8 +25,8 @@ from datetime import datetime
 from sqlite_utils import Database
 
 from control_plane.clock import Clock
-from control_plane.fleet._tasks import cancel_and_wait
 from control_plane.fleet.repositories import DeviceRepository
+from control_plane.tasks import cancel_and_wait
 from protocols import subjects
 from protocols.codec import device_event_decoder, encode, reported_state_decoder
 from protocols.errors import FabricError

@@ -25,8 +25,8 @@ from datetime import timedelta
 from control_plane.broker_auth.authority import BrokerAuthority
 from control_plane.clock import Clock
 from control_plane.errors import UnavailableError
-from control_plane.fleet._tasks import cancel_and_wait
 from control_plane.fleet.schemas import Transport
+from control_plane.tasks import cancel_and_wait
 from protocols.codec import encode
 from protocols.errors import FabricError
 from protocols.messages import DesiredState

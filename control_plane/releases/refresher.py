@@ -14,11 +14,11 @@ the loop and waits for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from control_plane.errors import ControlPlaneError
 from control_plane.releases.services import ReleaseService
+from control_plane.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,7 @@ class TimestampRefresher:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

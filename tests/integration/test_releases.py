@@ -9,6 +9,7 @@ the agent and CLI subprocesses, and a real MQTT-only agent that installs over th
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -26,6 +27,8 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar import Litestar
 from litestar.testing import TestClient
 
@@ -347,7 +350,43 @@ def test_metadata_is_public_and_archives_download_with_ranges(
             assert_error(api.call("GET", f"/api/v1/tuf/objects/{name}", Role.VIEWER), 404, "not_found")
 
 
-def test_devices_get_only_archives_of_their_profile_fallback_chain(
+def enroll_device(api: Api, profile: str) -> dict[str, str]:
+    """A device enrolled for `profile` through the API; the headers of its `efd_` credential."""
+    token = api.call("POST", "/api/v1/enrollment-tokens", Role.ADMIN, json={"profile": profile})
+    assert token.status_code == 201, token.text
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    secret = token.json()["token"]
+    body = {
+        "token": secret,
+        "public_key": base64.b64encode(raw).decode(),
+        "proof": base64.b64encode(key.sign(secret.encode())).decode(),
+        "profile": profile,
+    }
+    enrolled = api.call("POST", "/api/v1/enroll", json=body)
+    assert enrolled.status_code == 201, enrolled.text
+    return {"Authorization": f"Bearer {enrolled.json()['rest_token']}"}
+
+
+def test_device_credentials_fetch_only_archives_of_their_profile_fallback_chain(
+    tmp_path: Path, compiled: CompileOutputs, broker: EmbeddedBroker
+) -> None:
+    with control_plane(tmp_path, compiled, broker) as plane, api_client(plane) as api:
+        target = create(api, "1").json()["targets"][0]
+        url = f"/api/v1/tuf/objects/sha256-{target['sha256']}"
+        data = archive_path(plane.tuf_dir, target).read_bytes()
+        for profile in ("cpu-x86_64", "nvidia-gpu"):  # cpu-x86_64 is the last of nvidia-gpu's chain
+            device = enroll_device(api, profile)
+            part = api.call("GET", url, headers={**device, "Range": "bytes=5-"})
+            assert part.status_code == 206 and part.content == data[5:], profile
+        arm = enroll_device(api, "cpu-arm64")
+        assert_error(api.call("GET", url, headers=arm), 404, "not_found")
+        for path in ("/api/v1/releases", "/api/v1/releases/digits/1"):
+            assert_error(api.call("GET", path, headers=arm), 403, "forbidden")
+        assert api.call("GET", "/api/v1/tuf/metadata/timestamp.json", headers=arm).status_code == 200
+
+
+def test_archive_lookup_follows_fallback_chains_and_refuses_unknown_profiles(
     tmp_path: Path, compiled: CompileOutputs, broker: EmbeddedBroker
 ) -> None:
     with control_plane(tmp_path, compiled, broker) as plane:

@@ -1,4 +1,4 @@
-"""Stopping the fleet workers' background tasks for sure.
+"""Stopping background workers' tasks for sure (every `BackgroundWorker.stop` uses it).
 
 Python 3.11's `asyncio.wait_for` can swallow a cancellation that arrives just as the awaited
 future completes; a task parked there would then run on, and awaiting it after one `cancel()`
