@@ -242,7 +242,7 @@ def _0007_telemetry(db: Database) -> None:
     db.execute(
         """
         CREATE TABLE telemetry_records (
-            record_id TEXT PRIMARY KEY,
+            record_id TEXT NOT NULL,
             device_id TEXT NOT NULL,
             model TEXT NOT NULL,
             version TEXT NOT NULL,
@@ -254,7 +254,8 @@ def _0007_telemetry(db: Database) -> None:
             latency_ms_bounds TEXT NOT NULL,
             latency_ms_buckets TEXT NOT NULL,
             output_histogram TEXT NOT NULL,
-            shadow_agreement REAL
+            shadow_agreement REAL,
+            UNIQUE (minute_start_s, record_id)
         )
         """
     )

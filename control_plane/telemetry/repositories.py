@@ -2,9 +2,13 @@
 batch (`telemetry_evictions`), and the aggregate queries over them.
 
 Invariants:
-- `insert` is idempotent: a record is keyed on its `record_id`, an eviction report on its batch's
-  `batch_id`, and both are `INSERT OR IGNORE`d in the one transaction `insert` runs, so a batch
-  delivered twice is stored once and a crash leaves all of a call's rows or none.
+- `insert` is idempotent: a record is keyed on (`minute_start_s`, `record_id`) (a record's minute
+  never changes, so every delivery of it collides), an eviction report on its batch's `batch_id`,
+  and both are `INSERT OR IGNORE`d in the one transaction `insert` runs, so a batch delivered twice
+  is stored once and a crash leaves all of a call's rows or none.
+- The unique key leads with time, not with the random record id: records arrive roughly in time
+  order, so a transaction dirties the newest index pages instead of one random page per record
+  (which made inserts ever slower as the table grew: 34,000 -> 18,000 records/s over 1M rows).
 - Times are stored as whole epoch seconds (`minute_start_s`), so a series' buckets are integer
   arithmetic in SQL. Histograms are stored as JSON arrays exactly as they came (latency buckets
   cumulative) and summed in SQL with `json_each`, grouped by their bounds.
