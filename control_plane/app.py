@@ -192,7 +192,7 @@ class Services:
             broker=broker_authority,
             online_window_s=config.heartbeat_interval_s * config.offline_after_missed_heartbeats,
         )
-        telemetry = TelemetryService(db, clock)
+        telemetry = TelemetryService(db, clock, references=releases.reference_histogram)
         rollouts = RolloutService(db, audit, clock, releases=releases, devices=devices, bus=bus)
         engine = (
             None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -151,6 +152,19 @@ class ReleaseService:
         if info is None:
             raise NotFoundError("release", f"{model}/{version}")
         return info
+
+    def reference_histogram(self, model: str, version: str) -> Sequence[int] | None:
+        """The top-1 class histogram the release was validated with (for drift); None if unknown.
+
+        Every target of a release is validated on the same samples, so their top-1 histograms
+        describe one distribution; the first profile's is used. Binned (non-classifier) histograms
+        are not comparable with what devices count, so they give None.
+        """
+        info = self._releases.get(model, version)
+        if info is None or not info.targets:
+            return None
+        histogram = min(info.targets, key=lambda target: target.hw_profile).reference_histogram
+        return histogram.counts if histogram.kind == "top1" else None
 
     def metadata_path(self, file: str) -> Path:
         """A TUF metadata file by the name clients fetch it (`timestamp.json`, `N.root.json`, ...)."""

@@ -61,6 +61,7 @@ from control_plane.rollouts.repositories import DeviceRecord, RolloutRecord, Rol
 from control_plane.rollouts.schemas import DeviceState, GateResult, RolloutState, WaveState
 from control_plane.rollouts.services import RolloutService
 from control_plane.rollouts.states import ENGINE_STATES, next_rollout_state, next_wave_state
+from control_plane.tasks import cancel_and_wait
 from control_plane.telemetry.services import SUMMARY_MAX_WINDOW, TelemetryService
 from hardware_profiles.errors import ProfileError
 from hardware_profiles.loader import load_profile
@@ -111,14 +112,12 @@ class RolloutEngine:
         """Per rollout, the last device id read by the scan of waiting devices (resumed next step)."""
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(self._run(), name="rollout-engine")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def tick(self) -> None:
         """One bounded step of every rollout the engine acts on."""

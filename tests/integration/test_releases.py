@@ -235,6 +235,19 @@ def test_release_is_signed_recorded_and_read_back(
         assert_error(api.call("GET", "/api/v1/releases/digits/9", Role.VIEWER), 404, "not_found")
 
 
+def test_drift_reference_is_the_top1_histogram_the_release_was_validated_with(
+    tmp_path: Path, compiled: CompileOutputs, broker: EmbeddedBroker
+) -> None:
+    with control_plane(tmp_path, compiled, broker) as plane, api_client(plane) as api:
+        assert create(api, "1").status_code == 201
+        manifest = json.loads((compiled.root / "job-1" / "cpu-x86_64" / "manifest.json").read_bytes())
+        assert manifest["reference_histogram"]["kind"] == "top1"
+        reference = plane.services.releases.reference_histogram("digits", "1")
+        assert reference is not None and list(reference) == manifest["reference_histogram"]["counts"]
+        assert sum(reference) > 0
+        assert plane.services.releases.reference_histogram("digits", "9") is None
+
+
 def test_second_release_of_a_version_is_a_conflict_and_changes_nothing(
     tmp_path: Path, compiled: CompileOutputs, broker: EmbeddedBroker
 ) -> None:
