@@ -21,9 +21,10 @@ from litestar.response import File, Stream
 from control_plane.auth.access import BEARER, DEVICE_ROUTE, PUBLIC, requires
 from control_plane.auth.schemas import DeviceIdentity, Identity
 from control_plane.auth.tokens import Role
+from control_plane.fleet.services import DeviceService
 from control_plane.pagination import PageRequest
 from control_plane.registry._ranges import byte_range
-from control_plane.releases.schemas import CreateReleaseRequest, ReleaseInfo, ReleasePage
+from control_plane.releases.schemas import CreateReleaseRequest, DeviceScope, ReleaseInfo, ReleasePage
 from control_plane.releases.services import ReleaseService
 from control_plane.web.errors import error_responses
 
@@ -104,10 +105,19 @@ class TufController(Controller):
         name: FromPath[str],
         request: Request[Identity | DeviceIdentity, Any, Any],
         releases: NamedDependency[ReleaseService],
+        devices: NamedDependency[DeviceService],
     ) -> File | Stream:
-        """An artifact archive by content address `sha256-<hex>`; one `Range: bytes=a-b` answers 206."""
+        """An artifact archive by content address `sha256-<hex>`; one `Range: bytes=a-b` answers 206.
+
+        A device credential gets only archives of releases its desired state assigns to it.
+        """
         caller = request.user
-        archive = releases.archive(name, caller.profile if isinstance(caller, DeviceIdentity) else None)
+        scope = None
+        if isinstance(caller, DeviceIdentity):
+            desired = devices.desired(caller, caller.device_id)
+            assigned = frozenset((m.model, m.release.version) for m in desired.models)
+            scope = DeviceScope(profile=caller.profile, assigned=assigned)
+        archive = releases.archive(name, scope)
         span = byte_range(request.headers.get("range"), archive.size_bytes)
         if span is None:
             return File(path=archive.path, media_type=_OCTETS, headers={"Accept-Ranges": "bytes"})

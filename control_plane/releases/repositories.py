@@ -61,10 +61,10 @@ class ReleaseRepository:
         rows = self._releases.rows_where(where, args, order_by=_NEWEST_FIRST, limit=limit, offset=offset)
         return [self._info(row) for row in rows], self._releases.count_where(where, args)
 
-    def target_by_sha256(self, sha256: str) -> ReleaseTarget | None:
-        """The target whose archive has this content hash (an archive names its model, version, profile)."""
+    def target_by_sha256(self, sha256: str) -> tuple[str, str, ReleaseTarget] | None:
+        """(model, version, target) of the archive with this content hash (one archive, one target)."""
         rows = list(self._targets.rows_where("sha256 = ?", [sha256], limit=1))
-        return _target(rows[0]) if rows else None
+        return (rows[0]["model"], rows[0]["version"], _target(rows[0])) if rows else None
 
     def _info(self, row: dict[str, Any]) -> ReleaseInfo:
         targets = self._targets.rows_where(

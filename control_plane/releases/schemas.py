@@ -82,6 +82,16 @@ class CompileOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceScope:
+    """What a device credential may download: archives of the releases its desired state assigns
+    to it, built for a profile of its fallback chain."""
+
+    profile: str
+    assigned: frozenset[tuple[str, str]]
+    """(model, version) of every release in the device's current desired state."""
+
+
+@dataclass(frozen=True, slots=True)
 class ArchiveFile:
     """An artifact archive on the control plane's disk, as the HTTP object route serves it."""
 

@@ -38,6 +38,7 @@ from control_plane.releases.schemas import (
     ArchiveFile,
     CompileOutput,
     CreateReleaseRequest,
+    DeviceScope,
     ReleaseInfo,
     ReleasePage,
     ReleaseTarget,
@@ -173,12 +174,18 @@ class ReleaseService:
             raise NotFoundError("TUF metadata", file)
         return path
 
-    def archive(self, name: str, device_profile: str | None) -> ArchiveFile:
-        """The archive `sha256-<hex>`; a device (`device_profile`) sees only its fallback chain's."""
+    def archive(self, name: str, device: DeviceScope | None) -> ArchiveFile:
+        """The archive `sha256-<hex>`; a device sees only archives within its `DeviceScope`.
+
+        Anything else is "not found" for a device, so it cannot even learn that an archive exists.
+        """
         match = _OBJECT_NAME.fullmatch(name)
-        target = None if match is None else self._releases.target_by_sha256(match.group(1))
-        if target is None or (
-            device_profile is not None and target.hw_profile not in _profile_chain(device_profile)
+        found = None if match is None else self._releases.target_by_sha256(match.group(1))
+        if found is None:
+            raise NotFoundError("archive", name)
+        model, version, target = found
+        if device is not None and (
+            (model, version) not in device.assigned or target.hw_profile not in _profile_chain(device.profile)
         ):
             raise NotFoundError("archive", name)
         return ArchiveFile(

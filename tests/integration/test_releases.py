@@ -40,7 +40,7 @@ from control_plane.broker import EmbeddedBroker
 from control_plane.clock import Clock, SystemClock
 from control_plane.config import ControlPlaneConfig, RateLimit
 from control_plane.errors import NotFoundError
-from control_plane.releases.schemas import CompileOutput
+from control_plane.releases.schemas import CompileOutput, DeviceScope
 from control_plane.server import open_data_dir
 from edge_agent.client import AgentClient
 from model_compiler.sample_models import SavedSample, digits_mlp
@@ -363,8 +363,8 @@ def test_metadata_is_public_and_archives_download_with_ranges(
             assert_error(api.call("GET", f"/api/v1/tuf/objects/{name}", Role.VIEWER), 404, "not_found")
 
 
-def enroll_device(api: Api, profile: str) -> dict[str, str]:
-    """A device enrolled for `profile` through the API; the headers of its `efd_` credential."""
+def enroll_device(api: Api, profile: str) -> tuple[str, dict[str, str]]:
+    """A device enrolled for `profile` through the API: its id and the headers of its `efd_` credential."""
     token = api.call("POST", "/api/v1/enrollment-tokens", Role.ADMIN, json={"profile": profile})
     assert token.status_code == 201, token.text
     key = Ed25519PrivateKey.generate()
@@ -378,10 +378,19 @@ def enroll_device(api: Api, profile: str) -> dict[str, str]:
     }
     enrolled = api.call("POST", "/api/v1/enroll", json=body)
     assert enrolled.status_code == 201, enrolled.text
-    return {"Authorization": f"Bearer {enrolled.json()['rest_token']}"}
+    return enrolled.json()["device_id"], {"Authorization": f"Bearer {enrolled.json()['rest_token']}"}
 
 
-def test_device_credentials_fetch_only_archives_of_their_profile_fallback_chain(
+def assign(api: Api, device_id: str, version: str) -> None:
+    """Desired state of `device_id`: digits `version` (what a rollout would write)."""
+    release = api.call("GET", f"/api/v1/releases/digits/{version}", Role.VIEWER).json()
+    ref = {"model": "digits", "version": version, "model_counter": release["model_counter"]}
+    desired = {"models": [{"model": "digits", "release": ref}]}
+    response = api.call("PUT", f"/api/v1/devices/{device_id}/desired", Role.OPERATOR, json=desired)
+    assert response.status_code == 200, response.text
+
+
+def test_device_credentials_fetch_only_archives_their_desired_state_assigns_to_their_chain(
     tmp_path: Path, compiled: CompileOutputs, broker: EmbeddedBroker
 ) -> None:
     with control_plane(tmp_path, compiled, broker) as plane, api_client(plane) as api:
@@ -389,10 +398,15 @@ def test_device_credentials_fetch_only_archives_of_their_profile_fallback_chain(
         url = f"/api/v1/tuf/objects/sha256-{target['sha256']}"
         data = archive_path(plane.tuf_dir, target).read_bytes()
         for profile in ("cpu-x86_64", "nvidia-gpu"):  # cpu-x86_64 is the last of nvidia-gpu's chain
-            device = enroll_device(api, profile)
+            device_id, device = enroll_device(api, profile)
+            assert_error(api.call("GET", url, headers=device), 404, "not_found")  # not assigned yet
+            assign(api, device_id, "1")
             part = api.call("GET", url, headers={**device, "Range": "bytes=5-"})
             assert part.status_code == 206 and part.content == data[5:], profile
-        arm = enroll_device(api, "cpu-arm64")
+        _, unassigned = enroll_device(api, "cpu-x86_64")  # same profile, another device's release
+        assert_error(api.call("GET", url, headers=unassigned), 404, "not_found")
+        arm_id, arm = enroll_device(api, "cpu-arm64")
+        assign(api, arm_id, "1")  # assigned, but no artifact of its fallback chain
         assert_error(api.call("GET", url, headers=arm), 404, "not_found")
         for path in ("/api/v1/releases", "/api/v1/releases/digits/1"):
             assert_error(api.call("GET", path, headers=arm), 403, "forbidden")
@@ -406,11 +420,15 @@ def test_archive_lookup_follows_fallback_chains_and_refuses_unknown_profiles(
         with api_client(plane) as api:
             sha256 = create(api, "1").json()["targets"][0]["sha256"]
         releases, name = plane.services.releases, f"sha256-{sha256}"
+        assigned = frozenset({("digits", "1")})
+        assert releases.archive(name, None).size_bytes > 0  # an operator
         for profile in ("cpu-x86_64", "nvidia-gpu", "intel-npu"):  # cpu-x86_64 is in their chains
-            assert releases.archive(name, profile).size_bytes > 0
-        for profile in ("cpu-arm64", "nvidia-jetson", "no-such-profile"):
+            assert releases.archive(name, DeviceScope(profile=profile, assigned=assigned)).size_bytes > 0
+        refused = [DeviceScope(profile=p, assigned=assigned) for p in ("cpu-arm64", "no-such-profile")]
+        refused.append(DeviceScope(profile="cpu-x86_64", assigned=frozenset({("digits", "2")})))
+        for scope in refused:
             with pytest.raises(NotFoundError):
-                releases.archive(name, profile)
+                releases.archive(name, scope)
 
 
 # --- timestamp refresh -------------------------------------------------------------------------
