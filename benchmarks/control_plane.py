@@ -12,10 +12,13 @@ writing `async def bench_<name>(args, budget) -> <Struct>` and registering it in
 2. start a `TelemetryIngest` over the data dir and time from `start()` until every record is
    committed, then check the database holds exactly `--records` distinct records and the consumer
    has nothing pending or unacked.
-Reported: median records/s over the runs, each run's time. Then, once, each stage alone on the same
-payloads, to say where the time goes: decode + admission (`admit`, no I/O), SQLite inserts of the
-decoded batches (one transaction per `--fetch-max-messages` messages, a fresh database), and fetch
-+ ack of every message from a second durable consumer without storing anything.
+Reported: median records/s over the runs, each run's time, the CPU time of this process (the
+ingest) and of nats-server during it, hence records per CPU-second (what one free core sustains:
+other work on a shared machine moves it much less than the wall-clock rate), and the 1-minute load
+average as each run started. Then, once, each stage alone on the same payloads, to say where the
+time goes: decode + admission (`admit`, no I/O), SQLite inserts of the decoded batches (one
+transaction per `--fetch-max-messages` messages, a fresh database), and fetch + ack of every
+message from a second durable consumer without storing anything.
 
 Target (issue "control plane"): >= 20,000 records/s into SQLite on the 2-core machine.
 
@@ -96,6 +99,12 @@ class IngestStats(msgspec.Struct, frozen=True, kw_only=True):
     fetch_max_messages: int
     runs: int
     times_s: list[float]
+    cpu_s: list[float]
+    """CPU time of this process (the ingest) during each timed run."""
+    broker_cpu_s: list[float]
+    """CPU time of nats-server during each timed run."""
+    records_per_cpu_s: int
+    """Records per CPU-second of ingest + broker (median run): what one free core sustains."""
     load_avg_1m: list[float]
     """The machine's 1-minute load average as each timed run started (the 2 cores are shared)."""
     median_s: float
@@ -212,10 +221,25 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str)
         await asyncio.sleep(0.005)
 
 
+class Drain(msgspec.Struct, frozen=True, kw_only=True):
+    """One timed drain: wall time, CPU time of this process and of nats-server, counts checked."""
+
+    seconds: float
+    cpu_s: float
+    broker_cpu_s: float
+    counts_ok: bool
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process so far (Linux `/proc`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def ingest_run(
     args: argparse.Namespace, payloads: list[tuple[TelemetryBatch, bytes]], work: Path
-) -> tuple[float, bool]:
-    """One timed drain of a freshly published stream; returns (seconds, counts ok)."""
+) -> Drain:
+    """One timed drain of a freshly published stream."""
     config = ControlPlaneConfig(data_dir=str(work / "data"))
     db = open_data_dir(config)
     try:
@@ -227,7 +251,8 @@ async def ingest_run(
                 ingest = TelemetryIngest(
                     devices, config.database_path, fetch_max_messages=args.fetch_max_messages
                 )
-                started = time.perf_counter()
+                assert broker.pid is not None
+                broker_cpu, cpu, started = process_cpu_s(broker.pid), time.process_time(), time.perf_counter()
                 await ingest.start()
                 try:
                     await wait_until(
@@ -236,6 +261,7 @@ async def ingest_run(
                         "the ingest did not store every record",
                     )
                     elapsed = time.perf_counter() - started
+                    cpu, broker_cpu = time.process_time() - cpu, process_cpu_s(broker.pid) - broker_cpu
                 finally:
                     await ingest.stop()
                 info = await devices.js.consumer_info(subjects.TELEMETRY_STREAM, "control-plane-ingest")
@@ -244,7 +270,12 @@ async def ingest_run(
         distinct = db.execute("SELECT COUNT(DISTINCT record_id) FROM telemetry_records").fetchone()[0]
     finally:
         db.close()
-    return elapsed, settled and stored == distinct == args.records
+    return Drain(
+        seconds=elapsed,
+        cpu_s=cpu,
+        broker_cpu_s=broker_cpu,
+        counts_ok=settled and stored == distinct == args.records,
+    )
 
 
 async def ingest_stages(
@@ -311,7 +342,7 @@ async def ingest_stages(
 async def bench_ingest(args: argparse.Namespace, budget: Budget) -> IngestStats:
     batches = telemetry_batches(args.records, args.batch_records, args.devices)
     payloads = [(batch, codec.encode(batch)) for batch in batches]
-    times: list[float] = []
+    drains: list[Drain] = []
     loads: list[float] = []
     counts_ok = True
     with tempfile.TemporaryDirectory(prefix="edgefabric-bench-cp-") as tmp:
@@ -319,19 +350,21 @@ async def bench_ingest(args: argparse.Namespace, budget: Budget) -> IngestStats:
             if not budget.allows():
                 break
             load = os.getloadavg()[0]
-            seconds, ok = await ingest_run(args, payloads, Path(tmp) / f"run-{run}")
-            counts_ok = counts_ok and ok
+            drain = await ingest_run(args, payloads, Path(tmp) / f"run-{run}")
+            counts_ok = counts_ok and drain.counts_ok
             label = "warm-up" if run < args.warmup else "run"
             print(
-                f"ingest {label} {run + 1}: {seconds:.3f} s, {args.records / seconds:,.0f} records/s "
-                f"(load {load:.2f})",
+                f"ingest {label} {run + 1}: {drain.seconds:.3f} s, {args.records / drain.seconds:,.0f} "
+                f"records/s, CPU {drain.cpu_s:.2f} s + broker {drain.broker_cpu_s:.2f} s (load {load:.2f})",
                 file=sys.stderr,
             )
             if run >= args.warmup:
-                times.append(seconds)
+                drains.append(drain)
                 loads.append(round(load, 2))
         stages = await ingest_stages(args, payloads, Path(tmp)) if budget.allows() else []
+    times = [d.seconds for d in drains]
     median = statistics.median(times) if times else float("nan")
+    cpu_per_run = [d.cpu_s + d.broker_cpu_s for d in drains]
     return IngestStats(
         records=args.records,
         batch_records=args.batch_records,
@@ -341,6 +374,9 @@ async def bench_ingest(args: argparse.Namespace, budget: Budget) -> IngestStats:
         fetch_max_messages=args.fetch_max_messages,
         runs=len(times),
         times_s=[round(t, 3) for t in times],
+        cpu_s=[round(d.cpu_s, 2) for d in drains],
+        broker_cpu_s=[round(d.broker_cpu_s, 2) for d in drains],
+        records_per_cpu_s=round(args.records / statistics.median(cpu_per_run)) if drains else 0,
         load_avg_1m=loads,
         median_s=round(median, 3),
         median_records_per_s=round(args.records / median) if times else 0,
@@ -392,6 +428,11 @@ def print_report(report: Report) -> None:
         )
         print(f"runs (s): {', '.join(f'{t:.3f}' for t in i.times_s)}")
         print(f"1-min load average as each run started: {', '.join(f'{x:.2f}' for x in i.load_avg_1m)}")
+        print(
+            f"CPU s (ingest process + nats-server): "
+            f"{', '.join(f'{c:.2f} + {b:.2f}' for c, b in zip(i.cpu_s, i.broker_cpu_s, strict=True))}; "
+            f"median {i.records_per_cpu_s:,} records per CPU-second"
+        )
         if i.stages:
             print(f"\n{'stage alone':<52} {'s':>7} {'records/s':>11}")
             for s in i.stages:
