@@ -19,6 +19,7 @@ from control_plane.auth.cli import add_token_commands
 from control_plane.broker import EmbeddedBroker
 from control_plane.compile_jobs.cli import add_compile_commands
 from control_plane.config import DEFAULT_PORT, load_config
+from control_plane.demo.cli import add_demo_command
 from control_plane.fleet.cli import add_device_commands
 from control_plane.registry.cli import add_model_commands
 from control_plane.releases.cli import add_release_commands
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_telemetry_command(commands, os.environ)
     add_rollout_commands(commands, os.environ)
     add_compile_commands(commands, os.environ)
+    add_demo_command(commands)
     add_signing_commands(commands)
     return parser
 

@@ -24,8 +24,7 @@ import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
-from schemathesis.core.parameters import ParameterLocation
-from schemathesis.generation import GenerationMode
+from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from control_plane.app import Services, create_app
@@ -36,6 +35,8 @@ from control_plane.server import open_data_dir
 from protocols.transports.nats_bus import NatsBus
 
 _ADMIN_TOKEN: dict[str, str] = {}
+_STATUSES: list[int] = []
+_FRAMING = {"content-length", "transfer-encoding", "host", "connection", "expect"}
 
 
 @pytest.fixture(scope="module")
@@ -73,29 +74,20 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def api_schema(api_url: str) -> Any:
-    return schemathesis.openapi.from_url(f"{api_url}/schema/openapi.json")
+    """The document, with the admin token for its `bearer` security scheme (schemathesis sends it on
+    every call and leaves it out only in the cases it generates to test missing credentials)."""
+    config = SchemathesisConfig.from_dict(
+        {"auth": {"openapi": {"bearer": {"bearer": _ADMIN_TOKEN["value"]}}}}
+    )
+    return schemathesis.openapi.from_url(f"{api_url}/schema/openapi.json", config=config)
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
-@schema.auth()
-class AdminToken:
-    """Every generated call carries the admin token, except cases generated to break the headers."""
-
-    def get(self, case: Any, context: Any) -> str:
-        return _ADMIN_TOKEN["value"]
-
-    def set(self, case: Any, data: str, context: Any) -> None:
-        headers = case.meta.components.get(ParameterLocation.HEADER) if case.meta else None
-        if headers is not None and headers.mode == GenerationMode.NEGATIVE:
-            return  # a case about broken headers (the bearer one included) is sent as generated
-        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
-
-
 @schema.parametrize()
 @settings(
-    max_examples=25,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,
@@ -104,7 +96,17 @@ class AdminToken:
     ],
 )
 def test_every_operation_answers_within_its_documented_contract(case: Any) -> None:
-    case.call_and_validate(
-        headers={"Authorization": f"Bearer {_ADMIN_TOKEN['value']}"},
-        excluded_checks=[positive_data_acceptance],
-    )
+    # Framing headers are judged by the HTTP server (uvicorn answers a bad Content-Length with its
+    # own text/plain 400) before the API sees the request: not the API's contract.
+    case.headers = {
+        name: value for name, value in (case.headers or {}).items() if name.lower() not in _FRAMING
+    }
+    response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
+    _STATUSES.append(response.status_code)
+
+
+def test_fuzzing_reached_the_routes_behind_authentication() -> None:
+    """The token was sent: most generated calls got past authentication (not all 401s)."""
+    assert _STATUSES, "the fuzzing test did not run first"
+    authenticated = sum(1 for status in _STATUSES if status != 401)
+    assert authenticated > 0.8 * len(_STATUSES), (authenticated, len(_STATUSES))
