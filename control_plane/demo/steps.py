@@ -463,9 +463,20 @@ def _gates_text(gates: list[GateResult]) -> str:
     return "; ".join(_gate_text(g) for g in gates if g.status != "skipped" or g.reason != "off")
 
 
+_GATE_NAMES = {
+    "install_success_ratio": "install",
+    "p95_latency_budget": "p95 budget",
+    "latency_regression_pct": "p95 regression",
+    "error_rate": "error rate",
+    "drift_psi": "drift",
+    "shadow_agreement": "shadow agreement",
+}
+
+
 def _gate_text(gate: GateResult) -> str:
     if gate.value is None or gate.threshold is None:
-        return f"{gate.gate} {gate.status}" + (f" ({gate.reason})" if gate.status == "skipped" else "")
+        name = _GATE_NAMES.get(gate.gate, gate.gate)
+        return f"{name} {gate.status}" + (f" ({gate.reason})" if gate.status == "skipped" else "")
     if gate.gate == "install_success_ratio":
         return f"installed {gate.value:.0%} (need {gate.threshold:.0%}) {gate.status}"
     if gate.gate == "p95_latency_budget":
