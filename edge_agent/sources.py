@@ -7,6 +7,9 @@ checks its signed length and hashes.
 
 - `NatsArtifactSource`: mirrors the metadata bucket into a local directory, then verifies it
   offline; archives come from the Object Store by content address, resuming partial downloads.
+  A versioned metadata file (`N.<role>.json`) already in the mirror is not fetched again: with
+  consistent snapshots its content never changes under its name (its parent pins its hash), so an
+  update costs the fetch of what changed, not of the repository's whole history.
 - `HttpArtifactSource` (MQTT-only devices): metadata and archives over HTTP(S) from
   `artifact_base_url` (`metadata/<file>`, `objects/sha256-<hex>`), resuming with Range requests.
 - `BundleSource`: an offline bundle directory (air-gapped sites); the trust root is the device's.
@@ -15,6 +18,7 @@ checks its signed length and hashes.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -33,6 +37,7 @@ from protocols.transports.nats_bus import NatsBus
 from protocols.transports.nats_objects import NatsObjects
 
 _CHUNK = 1 << 20
+_VERSIONED_METADATA = re.compile(r"[0-9]+\..+\.json")
 
 
 class ArtifactSource(ABC):
@@ -61,6 +66,8 @@ class NatsArtifactSource(ArtifactSource):
         metadata_dir.mkdir(parents=True, exist_ok=True)
         names = await self._objects.list_names(subjects.METADATA_BUCKET)
         for name in names:  # small JSON files; the verifier decides what to believe
+            if _VERSIONED_METADATA.fullmatch(name) and (metadata_dir / name).exists():
+                continue
             await self._objects.fetch_to_file(subjects.METADATA_BUCKET, name, metadata_dir / name)
         return ReleaseVerifier.for_local_directory(trusted_root, metadata_cache, self._mirror)
 

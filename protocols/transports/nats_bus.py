@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import math
 import secrets
@@ -54,6 +55,12 @@ _TWIN_STREAM = f"KV_{subjects.TWIN_BUCKET}"
 _WATCH_INACTIVE_THRESHOLD_S = 300.0
 _EXPIRY_MARKERS = ("MaxAge", "Purge", "Remove")
 """`Nats-Marker-Reason` values of the markers the server writes when it removes a key (2.11+)."""
+STREAM_MAX_CONSUMERS = 100_000
+"""The consumer limit of the device-facing streams (twin bucket, both object buckets). nats-server
+2.15 caps a stream without a limit of its own at 1,000 consumers, and every NATS device holds a
+twin watch on the twin bucket and an ordered consumer per Object Store fetch while it installs:
+without an explicit limit a fleet stops at about 1,000 devices (benchmarks/fleet.py). The limit
+still bounds what devices, which may create consumers on these streams, can make the server hold."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,11 +307,13 @@ class NatsBus(Bus):
                 await self.js.key_value(subjects.TWIN_BUCKET)
             except nats.js.errors.BucketNotFoundError:
                 await self.js.create_key_value(bucket=subjects.TWIN_BUCKET, history=twin_history)
+            await self._allow_consumers(_TWIN_STREAM)
             for bucket in (subjects.ARTIFACT_BUCKET, subjects.METADATA_BUCKET):
                 try:
                     await self.js.object_store(bucket)
                 except nats.js.errors.NotFoundError:
                     await self.js.create_object_store(bucket)
+                await self._allow_consumers(f"OBJ_{bucket}")
             try:
                 await self.js.stream_info(subjects.TELEMETRY_STREAM)
             except nats.js.errors.NotFoundError:
@@ -318,6 +327,17 @@ class NatsBus(Bus):
             raise BusTimeoutError("provision", self.url, self._request_timeout_s) from e
         except nats.js.errors.APIError as e:
             raise BusError(f"provisioning JetStream on {self.url} failed: {e}") from e
+
+    async def _allow_consumers(self, stream: str) -> None:
+        """Give `stream` `STREAM_MAX_CONSUMERS`. Servers that predate the default cap may refuse to
+        change an existing stream's limit; they need no change, so the refusal is only logged."""
+        config = (await self.js.stream_info(stream)).config
+        if config.max_consumers == STREAM_MAX_CONSUMERS:
+            return
+        try:
+            await self.js.update_stream(dataclasses.replace(config, max_consumers=STREAM_MAX_CONSUMERS))
+        except nats.js.errors.BadRequestError as e:
+            logger.warning("stream %s keeps its consumer limit %s: %s", stream, config.max_consumers, e)
 
     # --- messages --------------------------------------------------------------------------------
 

@@ -136,6 +136,8 @@ class NatsObjects:
             return []
         except nats.errors.TimeoutError as e:
             raise BusTimeoutError("object list", bucket, self._request_timeout_s) from e
+        except nats.errors.Error as e:
+            raise BusError(f"object list {bucket}: {e}") from e
         return sorted(info.name for info in infos if not info.deleted)
 
     async def stat(self, bucket: str, name: str) -> ObjectSummary:
@@ -257,22 +259,26 @@ class NatsObjects:
             config = api.ConsumerConfig(
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=progress.next_seq
             )
-        subscription = await self._js.subscribe(
-            f"$O.{summary.bucket}.C.{summary.nuid}",
-            stream=f"OBJ_{summary.bucket}",
-            cb=on_chunk,
-            ordered_consumer=True,
-            config=config,
-            pending_bytes_limit=256 * 1024 * 1024,
-        )
+        where = f"{summary.bucket}/{summary.name}"
+        try:
+            subscription = await self._js.subscribe(
+                f"$O.{summary.bucket}.C.{summary.nuid}",
+                stream=f"OBJ_{summary.bucket}",
+                cb=on_chunk,
+                ordered_consumer=True,
+                config=config,
+                pending_bytes_limit=256 * 1024 * 1024,
+            )
+        except nats.errors.TimeoutError as e:
+            raise BusTimeoutError("object fetch (consumer)", where, self._request_timeout_s) from e
+        except nats.errors.Error as e:  # e.g. the stream's consumer limit (JetStream error 10026)
+            raise BusError(f"object fetch {where}: {e}") from e
         try:
             while progress.chunks_done < summary.chunks and not failure:
                 try:
                     await asyncio.wait_for(activity.wait(), idle_timeout_s)
                 except TimeoutError as e:
-                    raise BusTimeoutError(
-                        "object fetch (no chunk received)", f"{summary.bucket}/{summary.name}", idle_timeout_s
-                    ) from e
+                    raise BusTimeoutError("object fetch (no chunk received)", where, idle_timeout_s) from e
                 activity.clear()
             if failure:
                 raise failure[0]
