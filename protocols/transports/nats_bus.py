@@ -277,6 +277,8 @@ class NatsBus(Bus):
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=self._reconnect_wait_s,  # type: ignore[arg-type]  # float works
                     pending_size=self._reconnect_buffer_bytes,
+                    # `close()` drains; a subscription nobody reads would hold it for nats-py's 30 s.
+                    drain_timeout=5,
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,

@@ -639,6 +639,7 @@ async def test_service_user_reaches_every_subject_and_twin_over_nats_and_mqtt(
     assert (await everything.next_msg(timeout=TIMEOUT_S)).subject == subjects.command(
         "dev-b", "rollback"
     ).nats
+    await everything.unsubscribe()  # unread traffic on `>` would hold the fixture's drain
     for device_id in ("dev-a", "dev-b"):
         await service.put_state(StateKey(device_id, "desired"), b"plan")
     async with await service.watch_state("desired") as watch:
