@@ -230,7 +230,7 @@ class Services:
                 *(() if ingest is None else (ingest,)),
                 *(() if engine is None else (engine,)),
             ),
-            metric_sources=() if ingest is None else (ingest.metrics,),
+            metric_sources=(devices, *(() if ingest is None else (ingest.metrics,))),
         )
 
     @contextlib.asynccontextmanager

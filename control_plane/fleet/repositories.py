@@ -129,6 +129,16 @@ class DeviceRepository:
 
     # --- reading -------------------------------------------------------------------------------
 
+    def counts(self, *, online_since: datetime) -> tuple[int, int, int]:
+        """(enrolled and not revoked, online, revoked) over the whole fleet, in one scan."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FILTER (WHERE revoked_at IS NULL),"
+            " COUNT(*) FILTER (WHERE revoked_at IS NULL AND last_seen IS NOT NULL AND last_seen > ?),"
+            " COUNT(*) FILTER (WHERE revoked_at IS NOT NULL) FROM devices",
+            [db_time(online_since)],
+        ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
     def info(self, device_id: str, *, online_since: datetime) -> DeviceInfo | None:
         rows = self._db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id = ?", [device_id]).fetchall()
         infos = self._infos(rows, online_since)

@@ -163,6 +163,21 @@ class DeviceService:
                 raise UnavailableError("broker", f"revoked for REST; broker revocation failed: {e}") from e
         return self._info(device_id)
 
+    def render(self) -> str:
+        """Fleet gauges for `/metrics` (a `MetricsSource`): devices enrolled, online, revoked."""
+        enrolled, online, revoked = self._devices.counts(online_since=self._online_since())
+        gauges = (
+            ("enrolled", "Devices enrolled and not revoked.", enrolled),
+            ("online", "Devices with a heartbeat inside the online window.", online),
+            ("revoked", "Devices whose credentials were revoked.", revoked),
+        )
+        return "".join(
+            f"# HELP edgefabric_devices_{name} {text}\n"
+            f"# TYPE edgefabric_devices_{name} gauge\n"
+            f"edgefabric_devices_{name} {value}\n"
+            for name, text, value in gauges
+        )
+
     # --- helpers -----------------------------------------------------------------------------------
 
     def _online_since(self) -> datetime:

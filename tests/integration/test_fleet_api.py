@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import sqlite3
 import threading
 import time
@@ -492,10 +493,21 @@ def test_devices_filter_by_labels_profile_online_and_model(live_fleet: Fleet) ->
     assert device["active_models"] == {"digits": "1", "mnist": "7"}
     assert device["online"] is True and device["last_seen"] == "2030-01-01T00:00:00Z"
 
+    assert fleet_gauges(fleet) == {"enrolled": 3, "online": 2, "revoked": 0}
+
     fleet.clock.advance(3 * fleet.config.heartbeat_interval_s)
     assert ids("online=true") == [] and ids("online=false") == ["a-1", "a-2", "b-1"]
+    assert fleet.call("POST", "/api/v1/devices/a-2/revoke", Role.OPERATOR).status_code == 200
+    assert fleet_gauges(fleet) == {"enrolled": 2, "online": 0, "revoked": 1}
     page = fleet.call("GET", "/api/v1/devices?limit=2&offset=1", Role.VIEWER).json()
     assert (page["total"], [d["id"] for d in page["items"]]) == (3, ["a-2", "b-1"])
+
+
+def fleet_gauges(fleet: Fleet) -> dict[str, int]:
+    """The `edgefabric_devices_*` gauges of `/metrics`."""
+    text = fleet.call("GET", "/metrics").text
+    found = re.findall(r"^edgefabric_devices_(\w+) (\d+)$", text, flags=re.MULTILINE)
+    return {name: int(value) for name, value in found}
 
 
 @pytest.mark.parametrize("query", ["label=site", "label==a", "lable=site=a", "online=maybe", "limit=0"])
