@@ -1,4 +1,4 @@
-"""Control-plane benchmark: telemetry ingest rate from the JetStream stream into SQLite.
+"""Control-plane benchmark: telemetry ingest rate into SQLite; the device list under load.
 
 One function per measurement, selected with `--measure` (default: all of `MEASUREMENTS`); each
 returns its own Struct and adds a section to the table and the JSON report. Add a measurement by
@@ -21,6 +21,11 @@ transaction per `--fetch-max-messages` messages, a fresh database), and fetch + 
 message from a second durable consumer without storing anything.
 
 Target (issue "control plane"): >= 20,000 records/s into SQLite on the 2-core machine.
+
+`devices`: `GET /api/v1/devices?limit=100` with `--fleet-devices` (10,000) devices enrolled through
+the real enrollment service, served by a real `edgefabric up` subprocess, under `--clients`
+keep-alive connections sending `--requests` requests back to back (see `benchmarks/_devices_list.py`):
+p50/p99 latency and requests/s, plus the latency of a single client alone.
 
 Every loop is bounded by a count, every wait by `--op-timeout-s`, and the whole run by `--budget-s`.
 Exit codes: 0 done and every check passed; 1 a count check failed; 2 bad usage (argparse); 3 the
@@ -53,8 +58,10 @@ import msgspec
 # `python benchmarks/control_plane.py` puts this file's directory first on sys.path, where this
 # module would shadow the `control_plane` package it measures.
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository: `benchmarks._*` helpers
 
+from benchmarks._devices_list import DevicesListStats
+from benchmarks._devices_list import measure as measure_devices_list
 from control_plane.broker import EmbeddedBroker, find_nats_server
 from control_plane.config import ControlPlaneConfig
 from control_plane.server import open_data_dir
@@ -121,6 +128,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     command: str
     machine: Machine
     ingest: IngestStats | None = None
+    devices: DevicesListStats | None = None
     budget_exhausted: bool = False
 
 
@@ -387,8 +395,15 @@ async def bench_ingest(args: argparse.Namespace, budget: Budget) -> IngestStats:
     )
 
 
+async def bench_devices(args: argparse.Namespace, budget: Budget) -> DevicesListStats:
+    with tempfile.TemporaryDirectory(prefix="edgefabric-bench-devices-") as tmp:
+        return await measure_devices_list(
+            Path(tmp), devices=args.fleet_devices, clients=args.clients, requests=args.requests
+        )
+
+
 Measurement = Callable[[argparse.Namespace, Budget], Awaitable[msgspec.Struct]]
-MEASUREMENTS: dict[str, Measurement] = {"ingest": bench_ingest}
+MEASUREMENTS: dict[str, Measurement] = {"ingest": bench_ingest, "devices": bench_devices}
 """Name -> measurement; the name is also the Report field its result goes into."""
 
 
@@ -437,6 +452,20 @@ def print_report(report: Report) -> None:
             print(f"\n{'stage alone':<52} {'s':>7} {'records/s':>11}")
             for s in i.stages:
                 print(f"{s.stage:<52} {s.seconds:>7.3f} {s.records_per_s:>11,}")
+    if report.devices is not None:
+        d = report.devices
+        print(
+            f"\nGET /api/v1/devices?limit=100 with {d.devices:,} devices (enrolled in {d.enroll_s:.1f} s), "
+            f"{d.clients} clients, {d.requests:,} requests in {d.duration_s:.1f} s"
+        )
+        print(
+            f"{'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+            f"{'1 client p50':>13} {'p99':>7} {'errors':>7}"
+        )
+        print(
+            f"{d.requests_per_s:>8.1f} {d.p50_ms:>8.2f} {d.p99_ms:>8.2f} {d.max_ms:>8.2f} "
+            f"{d.single_client_p50_ms:>13.2f} {d.single_client_p99_ms:>7.2f} {d.errors:>7}"
+        )
     if report.budget_exhausted:
         print("\nWARNING: --budget-s ran out; some measurements have fewer runs than asked")
 
@@ -465,6 +494,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=positive_int, default=5, help="timed ingest runs")
     parser.add_argument("--warmup", type=int, default=1, help="untimed ingest runs first")
+    parser.add_argument("--fleet-devices", type=positive_int, default=10_000, help="devices for `devices`")
+    parser.add_argument(
+        "--clients", type=positive_int, default=8, help="concurrent connections for `devices`"
+    )
+    parser.add_argument("--requests", type=positive_int, default=4000, help="requests for `devices`")
     parser.add_argument("--op-timeout-s", type=float, default=300.0, help="limit for any single wait")
     parser.add_argument("--budget-s", type=float, default=1200.0, help="limit for the whole run")
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON, help="where to write the JSON report")
