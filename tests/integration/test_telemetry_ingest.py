@@ -186,6 +186,16 @@ async def test_ingest_resumes_from_its_durable_position_after_a_restart(plane: P
     assert plane.ingest.metrics.records_duplicate == 0
 
 
+async def test_ingest_carries_on_after_the_broker_restarts(plane: Plane, broker: EmbeddedBroker) -> None:
+    await publish(plane.bus, TelemetryBatch(device_id="dev-1", batch_id="b-1", records=(record("before"),)))
+    await eventually(plane.settled, "the first batch is settled")
+    await asyncio.to_thread(broker.restart)
+    await plane.bus.wait_connected(WAIT_S)
+    await publish(plane.bus, TelemetryBatch(device_id="dev-1", batch_id="b-2", records=(record("after"),)))
+    await eventually(lambda: asyncio.to_thread(lambda: "after" in plane.stored()), "the ingest resumes")
+    assert set(plane.stored()) == {"before", "after"}
+
+
 def test_the_app_ingests_over_its_own_broker_connection_and_exports_ingest_metrics(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
