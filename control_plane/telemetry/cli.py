@@ -2,8 +2,9 @@
 
 Views: the summary per model version (default), a time series (`--series`, or `--device D`), or the
 per-device breakdown (`--devices`, every page). Tables by default, the API's JSON with `--json`.
-`--since`/`--until` take ISO 8601 or a duration back from now (`90s`, `30m`, `6h`, `7d`). Errors
-(an unreachable API, a 422 for a window that is too long) are one line and exit code 1.
+`--since`/`--until` take ISO 8601 (sent as RFC 3339) or a duration back from now (`90s`, `30m`,
+`6h`, `7d`). Errors (an unreachable API, a 422 for a window that is too long) are one line and exit
+code 1.
 """
 
 from __future__ import annotations
@@ -59,16 +60,16 @@ def add_telemetry_command(commands: argparse._SubParsersAction[Any], environ: Ma
 
 
 def time_argument(text: str) -> str:
-    """ISO 8601 as given, or `<n>s|m|h|d` turned into the UTC time that long ago."""
+    """RFC 3339 for the API: from ISO 8601 (a date alone is its midnight; no offset: UTC), or from
+    `<n>s|m|h|d`, the UTC time that long ago."""
     duration = _DURATION.match(text.strip())
     if duration:
         ago = timedelta(seconds=int(duration.group(1)) * _UNIT_S[duration.group(2)])
         return (datetime.now(UTC) - ago).isoformat(timespec="seconds")
     try:
-        datetime.fromisoformat(text)
+        return datetime.fromisoformat(text).isoformat()
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither ISO 8601 nor a duration like 6h") from None
-    return text
 
 
 def _show(args: argparse.Namespace) -> int:
