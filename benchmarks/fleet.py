@@ -113,10 +113,8 @@ from control_plane.clock import SystemClock
 from control_plane.config import ControlPlaneConfig
 from control_plane.errors import NotFoundError
 from control_plane.fleet.schemas import CreateEnrollmentTokenRequest
-from control_plane.pagination import MAX_PAGE_LIMIT, PageRequest
 from control_plane.releases.schemas import CompileOutput, CreateReleaseRequest
 from control_plane.rollouts.schemas import (
-    DeviceState,
     Gates,
     RolloutSpec,
     RolloutState,
@@ -149,7 +147,9 @@ VARIANTS: dict[str, tuple[WaveStep, ...]] = {
     "single": (WaveStep(percent=100.0),),
 }
 CONVERGENCE_GATES = Gates(soak_s=0.0, min_requests=0)
-TERMINAL = {RolloutState.COMPLETED, RolloutState.ROLLED_BACK, RolloutState.ABORTED}
+MEASURING = {RolloutState.RUNNING, RolloutState.PAUSED}
+"""A rollout in any other state has completed or failed (a failed one is not waited for: rolling
+1,000 devices back takes minutes, and the fleet's remaining runs are skipped)."""
 POLL_S = 0.05
 STATUS_POLL_S = 0.25
 PROGRESS_S = 5.0
@@ -218,8 +218,10 @@ class RunStats(msgspec.Struct, frozen=True, kw_only=True):
     agent_p95_s: float | None
     """Per device: desired state received -> reported active (download, verify, accept, report)."""
     waves: list[WaveTiming]
+    reason: str | None
+    """Why the rollout stopped (a failed gate), as the engine recorded it."""
     failures: dict[str, int]
-    """Why devices did not install (the engine's reasons, counted), for a rollout that did not complete."""
+    """The errors devices that did not converge reported for the version (their last, counted)."""
     downloads: int
     artifact_bytes: int
     broker_out_bytes: int
@@ -607,6 +609,8 @@ class Observer:
 
     desired: dict[str, dict[str, float]] = field(default_factory=dict)
     active: dict[str, dict[str, float]] = field(default_factory=dict)
+    errors: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per target version and device, the last error the device reported."""
     reporting: set[str] = field(default_factory=set)
 
     async def watch_desired(self, watch: StateWatch) -> None:
@@ -629,6 +633,9 @@ class Observer:
             reported = reported_state_decoder.decode(update.payload)
             self.reporting.add(update.key.device_id)
             for status in reported.models:
+                if status.model == MODEL and status.last_error is not None and status.target_version:
+                    error = f"{status.last_error.code}: {status.last_error.message}"[:300]
+                    self.errors.setdefault(status.target_version, {})[update.key.device_id] = error
                 if status.model == MODEL and status.state == "active" and status.current_version:
                     self.active.setdefault(status.current_version, {}).setdefault(update.key.device_id, now)
 
@@ -775,7 +782,6 @@ class Fleet:
         status = await self.services.rollouts.create(ACTOR, spec)
         status = await self._wait(status.id, version, started)
         end = CpuMark.now(self.broker.pid or 0, self.workers)
-        failures = {} if status.state == RolloutState.COMPLETED else self._failures(status.id)
         await asyncio.sleep(2 * STATS_WRITE_S)  # the workers' last counts
         downloads_after, bytes_after, _ = self.worker_totals()
         out_after = await asyncio.to_thread(broker_out_bytes, self.monitor_port)
@@ -785,7 +791,6 @@ class Fleet:
             status,
             started,
             cpu=mark.until(end),
-            failures=failures,
             load=load,
             downloads=downloads_after - downloads_before,
             artifact_bytes=bytes_after - bytes_before,
@@ -793,7 +798,7 @@ class Fleet:
         )
 
     async def _wait(self, rollout_id: str, version: str, started: float) -> RolloutStatus:
-        """Until every device reported `version` active and the rollout is terminal, or a timeout."""
+        """Until the rollout completed and every device reported `version` active, or it failed."""
         deadline = started + self.args.op_timeout_s
         status = self.services.rollouts.status(rollout_id)
         next_status, next_progress = started + STATUS_POLL_S, started + PROGRESS_S
@@ -812,23 +817,12 @@ class Fleet:
                     file=sys.stderr,
                 )
             converged = len(self.observer.active.get(version, {}))
-            if status.state in TERMINAL and (
+            if status.state not in MEASURING and (
                 converged >= self.devices or status.state != RolloutState.COMPLETED
             ):
                 return status
             await asyncio.sleep(POLL_S)
         raise TimeoutError(f"rollout of version {version} to {self.devices} devices")
-
-    def _failures(self, rollout_id: str) -> dict[str, int]:
-        reasons: collections.Counter[str] = collections.Counter()
-        for offset in range(0, self.devices, MAX_PAGE_LIMIT):
-            page = self.services.rollouts.devices(
-                rollout_id, PageRequest(limit=MAX_PAGE_LIMIT, offset=offset)
-            )
-            reasons.update(
-                f"{d.state.value}: {d.reason}" for d in page.items if d.state != DeviceState.INSTALLED
-            )
-        return dict(reasons.most_common())
 
     def _stats(
         self,
@@ -838,7 +832,6 @@ class Fleet:
         started: float,
         *,
         cpu: CpuUse,
-        failures: dict[str, int],
         load: float,
         downloads: int,
         artifact_bytes: int,
@@ -884,7 +877,14 @@ class Fleet:
                 )
                 for w in status.waves
             ],
-            failures=failures,
+            reason=status.reason,
+            failures=dict(
+                collections.Counter(
+                    error
+                    for device, error in self.observer.errors.get(version, {}).items()
+                    if device not in active
+                ).most_common()
+            ),
             downloads=downloads,
             artifact_bytes=artifact_bytes,
             broker_out_bytes=out_bytes,
@@ -1002,12 +1002,14 @@ async def bench_fleet(args: argparse.Namespace, devices: int, budget: Budget) ->
                         )
                         runs = [await fleet.rollout("warm-up", "single")]
                         print_run(runs[-1])
-                        for index in range(rounds):
-                            for variant in args.variants:
-                                if not budget.allows():
-                                    break
-                                runs.append(await fleet.rollout(f"run {index + 1}", variant))
-                                print_run(runs[-1])
+                        planned = [
+                            (f"run {i + 1}", variant) for i in range(rounds) for variant in args.variants
+                        ]
+                        for label, variant in planned:
+                            if runs[-1].state != RolloutState.COMPLETED or not budget.allows():
+                                break  # a failed rollout stays live while it rolls back
+                            runs.append(await fleet.rollout(label, variant))
+                            print_run(runs[-1])
                         archive_bytes = next(t.size_bytes for t in services.releases.get(MODEL, "1").targets)
                         worker_rss = [rss_mib(w.process.pid) for w in workers]
             finally:
@@ -1066,7 +1068,7 @@ def summarize(variant: str, runs: list[RunStats]) -> VariantSummary:
                 ("agents", "agents_s"),
             )
         },
-        all_converged=all(r.converged == r.devices and r.state == "completed" for r in timed),
+        all_converged=bool(timed) and all(r.converged == r.devices and r.state == "completed" for r in timed),
     )
 
 
@@ -1141,7 +1143,8 @@ def print_run(r: RunStats) -> None:
         f"{r.artifact_bytes / 1e6:.0f} MB in {r.downloads} downloads; waves {waves}; "
         f"cpu s cp {r.cpu.control_plane_s} broker {r.cpu.broker_s} agents {r.cpu.agents_s} "
         f"other {r.cpu.other_s} over {r.cpu.wall_s} s (load {r.load_avg_1m})"
-        + "".join(f"\n    {n} x {reason}" for reason, n in r.failures.items()),
+        + (f"\n    stopped: {r.reason}" if r.reason else "")
+        + "".join(f"\n    {n} x {error}" for error, n in r.failures.items()),
         file=sys.stderr,
     )
 
@@ -1257,7 +1260,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
     print(f"\nJSON report: {args.json_out}")
-    is_ok = all(s.all_converged for f in report.fleets for s in f.summaries)
+    is_ok = all(r.converged == r.devices and r.state == "completed" for f in report.fleets for r in f.runs)
     return EXIT_OK if is_ok else EXIT_CHECK_FAILED
 
 
