@@ -7,9 +7,7 @@ large model is not held in memory; the whole request is capped by the server's `
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
@@ -23,12 +21,11 @@ from control_plane.auth.access import BEARER, requires
 from control_plane.auth.schemas import Identity
 from control_plane.auth.tokens import Role
 from control_plane.pagination import PageRequest
-from control_plane.registry._ranges import byte_range
-from control_plane.registry.blobs import CHUNK_BYTES
 from control_plane.registry.schemas import ModelPage, ModelVersionInfo, ModelVersionPage
 from control_plane.registry.services import RegistryService
 from control_plane.web.body_limit import UPLOAD_ROUTE
 from control_plane.web.errors import error_responses
+from control_plane.web.ranges import ranged_file
 
 AuthedRequest = Request[Identity, Any, Any]
 
@@ -117,33 +114,9 @@ class ModelController(Controller):
     ) -> File | Stream:
         """The ONNX bytes of a model version; one `Range: bytes=a-b` answers 206 with that part."""
         info = registry.get(name, version)
-        path = registry.onnx_path(info)
-        span = byte_range(request.headers.get("range"), info.onnx_size)
-        if span is None:
-            return File(
-                path=path,
-                filename=f"{name}-{version}.onnx",
-                media_type="application/octet-stream",
-                headers={"Accept-Ranges": "bytes"},
-            )
-        first, last = span
-        return Stream(
-            _read_span(path, first, last),
-            status_code=206,
-            media_type="application/octet-stream",
-            headers={
-                "Accept-Ranges": "bytes",
-                "Content-Range": f"bytes {first}-{last}/{info.onnx_size}",
-                "Content-Length": str(last - first + 1),
-            },
+        return ranged_file(
+            registry.onnx_path(info),
+            info.onnx_size,
+            request.headers.get("range"),
+            filename=f"{name}-{version}.onnx",
         )
-
-
-def _read_span(path: Path, first: int, last: int) -> Iterator[bytes]:
-    """Bytes `first..last` (inclusive) of `path`, in chunks (the blob is immutable)."""
-    with path.open("rb") as f:
-        f.seek(first)
-        left = last - first + 1
-        while left > 0 and (chunk := f.read(min(left, CHUNK_BYTES))):
-            left -= len(chunk)
-            yield chunk

@@ -9,8 +9,6 @@ gets only archives for its own profile's fallback chain.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
@@ -23,12 +21,11 @@ from control_plane.auth.schemas import DeviceIdentity, Identity
 from control_plane.auth.tokens import Role
 from control_plane.fleet.services import DeviceService
 from control_plane.pagination import PageRequest
-from control_plane.registry._ranges import byte_range
 from control_plane.releases.schemas import CreateReleaseRequest, DeviceScope, ReleaseInfo, ReleasePage
 from control_plane.releases.services import ReleaseService
 from control_plane.web.errors import error_responses
+from control_plane.web.ranges import ranged_file
 
-_CHUNK_BYTES = 256 * 1024
 _OCTETS = "application/octet-stream"
 
 
@@ -118,27 +115,4 @@ class TufController(Controller):
             assigned = frozenset((m.model, m.release.version) for m in desired.models)
             scope = DeviceScope(profile=caller.profile, assigned=assigned)
         archive = releases.archive(name, scope)
-        span = byte_range(request.headers.get("range"), archive.size_bytes)
-        if span is None:
-            return File(path=archive.path, media_type=_OCTETS, headers={"Accept-Ranges": "bytes"})
-        first, last = span
-        return Stream(
-            _read_span(archive.path, first, last),
-            status_code=206,
-            media_type=_OCTETS,
-            headers={
-                "Accept-Ranges": "bytes",
-                "Content-Range": f"bytes {first}-{last}/{archive.size_bytes}",
-                "Content-Length": str(last - first + 1),
-            },
-        )
-
-
-def _read_span(path: Path, first: int, last: int) -> Iterator[bytes]:
-    """Bytes `first..last` (inclusive) of `path`, in chunks (archives are immutable)."""
-    with path.open("rb") as f:
-        f.seek(first)
-        left = last - first + 1
-        while left > 0 and (chunk := f.read(min(left, _CHUNK_BYTES))):
-            left -= len(chunk)
-            yield chunk
+        return ranged_file(archive.path, archive.size_bytes, request.headers.get("range"))

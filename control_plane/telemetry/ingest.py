@@ -38,6 +38,7 @@ from sqlite_utils import Database
 
 from control_plane.db import open_database
 from control_plane.errors import DataDirError, UnavailableError
+from control_plane.tasks import cancel_and_wait
 from control_plane.telemetry.consumer import DurableConsumer, StreamMessage
 from control_plane.telemetry.histograms import latency_histogram_problem
 from control_plane.telemetry.repositories import TelemetryRepository
@@ -52,8 +53,6 @@ logger = logging.getLogger(__name__)
 CONSUMER_NAME = "control-plane-ingest"
 RATE_WINDOW_S = 10.0
 STORAGE_CACHE_KIB = 64 * 1024
-STOP_ATTEMPTS = 20
-STOP_RETRY_S = 0.5
 
 RejectReason = Literal["malformed", "device_mismatch", "invalid_record"]
 REJECT_REASONS: tuple[RejectReason, ...] = ("malformed", "device_mismatch", "invalid_record")
@@ -242,7 +241,8 @@ class TelemetryIngest:
         if running is None:
             return
         running.is_stopping = True
-        await _cancel(running.task)
+        if running.task is not None:
+            await cancel_and_wait(running.task)
         await self._settle(running, list(running.unsettled), None, delay_s=0.0)
         await running.consumer.close()
         # A store cancelled mid-transaction still finishes in its thread; the close queues behind it.
@@ -318,17 +318,6 @@ def _open_storage(path: Path) -> Database:
     db = open_database(path)
     db.execute(f"PRAGMA cache_size = -{STORAGE_CACHE_KIB}")
     return db
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    """Cancel `task` and wait for it, cancelling again while it runs: on Python 3.11 a cancellation
-    that meets a completing `asyncio.wait_for` (nats-py uses it throughout) can be lost."""
-    for _ in range(STOP_ATTEMPTS):
-        if task is None or task.done():
-            return
-        task.cancel()
-        await asyncio.wait({task}, timeout=STOP_RETRY_S)
-    logger.error("the telemetry ingest did not stop within %g s", STOP_ATTEMPTS * STOP_RETRY_S)
 
 
 def _store(repository: TelemetryRepository, messages: Sequence[StreamMessage]) -> RoundOutcome:

@@ -20,7 +20,7 @@ import pytest
 from control_plane.auth.tokens import Role
 from control_plane.client import MultipartBody
 from control_plane.errors import RangeNotSatisfiableError
-from control_plane.registry._ranges import byte_range
+from control_plane.web.ranges import byte_range
 from model_compiler.sample_models import SavedSample, digits_mlp
 from tests.integration.test_control_plane_api import Api, _api, assert_error
 from tests.integration.test_control_plane_up import ControlPlane, _env
