@@ -38,7 +38,8 @@ from control_plane.errors import ConflictError
 from control_plane.server import open_data_dir
 from model_compiler.sample_models import SavedSample, digits_mlp
 from protocols.manifest import MANIFEST_FILENAME, ValidationMetrics, manifest_decoder
-from tests.integration.test_control_plane_api import Api, FakeClock, assert_error
+from tests.clock import FakeClock
+from tests.integration.test_control_plane_api import Api, assert_error
 from tests.integration.test_control_plane_registry import upload
 from tests.integration.test_control_plane_up import ControlPlane, _env, _get
 

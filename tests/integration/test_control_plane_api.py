@@ -10,7 +10,7 @@ import base64
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +26,9 @@ from control_plane.auth.schemas import CreateTokenRequest
 from control_plane.auth.tokens import Role
 from control_plane.config import ControlPlaneConfig, RateLimit
 from control_plane.server import open_data_dir
+from tests.clock import FakeClock
 
 UNKNOWN_ID = "0123456789abcdef"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.wall = datetime(2030, 1, 1, tzinfo=UTC)
-        self.mono = 1000.0
-
-    def now(self) -> datetime:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += timedelta(seconds=seconds)
-        self.mono += seconds
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,26 +40,11 @@ from protocols.messages import DesiredState, Heartbeat, ModelStatus, ReportedSta
 from protocols.subjects import StateKey
 from protocols.transports.mqtt_bus import MqttBus
 from protocols.transports.nats_bus import NatsBus
+from tests.clock import FakeClock
 
 T = TypeVar("T")
 PROFILE = "cpu-x86_64"
 WAIT_S = 15.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.wall = datetime(2030, 1, 1, tzinfo=UTC)
-        self.mono = 1000.0
-
-    def now(self) -> datetime:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += timedelta(seconds=seconds)
-        self.mono += seconds
 
 
 @dataclass

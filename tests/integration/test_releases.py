@@ -47,8 +47,9 @@ from model_compiler.sample_models import SavedSample, digits_mlp
 from protocols import subjects
 from protocols.transports.mqtt_bus import MqttBus
 from protocols.transports.nats_bus import NatsBus
+from tests.clock import FakeClock
 from tests.fleet import AgentProcess, build_release, set_desired
-from tests.integration.test_control_plane_api import Api, FakeClock, assert_error
+from tests.integration.test_control_plane_api import Api, assert_error
 from tests.integration.test_control_plane_up import _env
 
 WAIT_S = 20.0

@@ -25,24 +25,9 @@ from control_plane.config import ControlPlaneConfig
 from control_plane.db import migrate, open_database
 from control_plane.errors import AuthenticationError, ConflictError, InvalidArgumentError, NotFoundError
 from control_plane.pagination import PageRequest
+from tests.clock import FakeClock
 
 ADMIN = Actor(id="0123456789abcdef", name="test-admin")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.wall = datetime(2030, 1, 1, tzinfo=UTC)
-        self.mono = 1000.0
-
-    def now(self) -> datetime:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += timedelta(seconds=seconds)
-        self.mono += seconds
 
 
 @pytest.fixture
